@@ -1,0 +1,52 @@
+"""Choosing between the "reference", "torch" and "triton" implementations of an op, in one place."""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "reference", "torch", "triton")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels run under the CPU interpreter (TRITON_INTERPRET=1 before import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
+    """Return the common device of the given tensors (None entries are skipped)."""
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{name} on {dev}" for name, dev in devices.items())
+        raise ValueError(f"all tensors must be on one device, got {listed}")
+    return next(iter(devices.values()))
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map a backend name to "reference", "torch" or "triton" for tensors on `device`.
+
+    "auto" picks triton for CUDA tensors (when triton is installed) and torch otherwise.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("triton backend needs the triton package (pip install triton); use backend='torch'")
+        if device.type == "cuda":
+            return backend
+        if device.type == "cpu" and interpreter_enabled():
+            return backend
+        raise RuntimeError(
+            f"triton backend needs CUDA tensors or TRITON_INTERPRET=1 set before import, got tensors on {device}; "
+            "use backend='torch' on this device"
+        )
+    return backend

@@ -1,0 +1,1 @@
+"""Triton kernels (installed as fusionmamba_triton.kernels). Importing this needs triton."""

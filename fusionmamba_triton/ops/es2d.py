@@ -4,6 +4,11 @@ es2d_scan:  x (B, D, H, W) -> (B, 4, D, L'), L' = ceil(H/2) * ceil(W/2); odd H/W
 es2d_merge: y (B, 4, D, L') -> (B, D, H, W), writing each group back to its sub-grid and cropping.
 Groups: k0 (even row, even col) row-major, k1 (odd, even) column-major,
         k2 (even, odd) row-major,           k3 (odd, odd) column-major.
+
+The "torch" and "triton" paths are the custom ops fusionmamba::es2d_scan / fusionmamba::es2d_merge
+(0 FLOPs: pure data movement). Their backward passes are each other: merge is the adjoint of scan.
+Both accept inputs of any strides (e.g. channels-last data viewed as (B, D, H, W)) and return
+contiguous outputs; es2d_merge(..., channels_last=True) writes (B, H, W, D) directly.
 """
 from __future__ import annotations
 
@@ -48,16 +53,127 @@ def es2d_merge_ref(y: torch.Tensor, H: int, W: int, step: int = 2) -> torch.Tens
     for k, (row, col, column_major) in enumerate(GROUPS):
         sub = y[:, k].reshape(batch, dim, w2, h2).transpose(2, 3) if column_major else y[:, k].reshape(batch, dim, h2, w2)
         out[:, :, row::2, col::2] = sub
-    return out[:, :, :H, :W]
+    return out[:, :, :H, :W].contiguous()
+
+
+def _check_floating(t: torch.Tensor, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float32/float16/bfloat16), got {t.dtype}")
+
+
+def _scan_torch(x: torch.Tensor) -> torch.Tensor:
+    """Fast gather: two strided copies (row-major and column-major groups) into the output."""
+    batch, dim, height, width = x.shape
+    if height % 2 or width % 2:
+        x = F.pad(x, (0, width % 2, 0, height % 2))
+    h2, w2 = x.shape[2] // 2, x.shape[3] // 2
+    out = x.new_empty(batch, 4, dim, h2 * w2)
+    groups = out.view(batch, 2, 2, dim, h2 * w2)  # (b, col parity, row parity, d, l): k = 2c + r
+    cells = x.unflatten(3, (w2, 2)).unflatten(2, (h2, 2))  # (b, d, i, r, j, c), a view for any strides
+    groups[:, :, 0].unflatten(-1, (h2, w2)).copy_(cells[:, :, :, 0].permute(0, 4, 1, 2, 3))
+    groups[:, :, 1].unflatten(-1, (w2, h2)).copy_(cells[:, :, :, 1].permute(0, 4, 1, 3, 2))
+    return out
+
+
+def _merge_torch(y: torch.Tensor, height: int, width: int, channels_last: bool) -> torch.Tensor:
+    """Fast scatter: the inverse copies of _scan_torch into a padded output, cropped if H/W is odd."""
+    batch, _, dim, _ = y.shape
+    h2, w2 = (height + 1) // 2, (width + 1) // 2
+    if channels_last:
+        full = y.new_empty(batch, 2 * h2, 2 * w2, dim)
+        full_bdhw = full.permute(0, 3, 1, 2)
+    else:
+        full = full_bdhw = y.new_empty(batch, dim, 2 * h2, 2 * w2)
+    cells = full_bdhw.unflatten(3, (w2, 2)).unflatten(2, (h2, 2))
+    groups = y.unflatten(1, (2, 2))
+    cells[:, :, :, 0].permute(0, 4, 1, 2, 3).copy_(groups[:, :, 0].unflatten(-1, (h2, w2)))
+    cells[:, :, :, 1].permute(0, 4, 1, 3, 2).copy_(groups[:, :, 1].unflatten(-1, (w2, h2)))
+    if 2 * h2 == height and 2 * w2 == width:
+        return full
+    cropped = full[:, :height, :width] if channels_last else full[:, :, :height, :width]
+    return cropped.contiguous()
+
+
+def _triton_kernels():
+    from fusionmamba_triton.kernels import es2d as es2d_kernels  # needs triton: imported on first use
+
+    return es2d_kernels
+
+
+@torch.library.custom_op("fusionmamba::es2d_scan", mutates_args=())
+def _es2d_scan_op(x: torch.Tensor, backend: str) -> torch.Tensor:
+    if backend == "triton":
+        return _triton_kernels().es2d_gather(x)
+    return _scan_torch(x)
+
+
+@_es2d_scan_op.register_fake
+def _(x, backend):
+    batch, dim, height, width = x.shape
+    return x.new_empty(batch, 4, dim, ((height + 1) // 2) * ((width + 1) // 2))
+
+
+@torch.library.custom_op("fusionmamba::es2d_merge", mutates_args=())
+def _es2d_merge_op(y: torch.Tensor, H: int, W: int, channels_last: bool, backend: str) -> torch.Tensor:
+    if backend == "triton":
+        return _triton_kernels().es2d_scatter(y, H, W, channels_last)
+    return _merge_torch(y, H, W, channels_last)
+
+
+@_es2d_merge_op.register_fake
+def _(y, H, W, channels_last, backend):
+    batch, _, dim, _ = y.shape
+    return y.new_empty(batch, H, W, dim) if channels_last else y.new_empty(batch, dim, H, W)
+
+
+def _scan_setup_context(ctx, inputs, output):
+    x, ctx.backend = inputs
+    ctx.height, ctx.width = x.shape[-2:]
+
+
+def _scan_backward(ctx, grad):
+    return _es2d_merge_op(grad, ctx.height, ctx.width, False, ctx.backend), None
+
+
+def _merge_setup_context(ctx, inputs, output):
+    _, _, _, ctx.channels_last, ctx.backend = inputs
+
+
+def _merge_backward(ctx, grad):
+    grad_bdhw = grad.permute(0, 3, 1, 2) if ctx.channels_last else grad
+    return _es2d_scan_op(grad_bdhw, ctx.backend), None, None, None, None
+
+
+_es2d_scan_op.register_autograd(_scan_backward, setup_context=_scan_setup_context)
+_es2d_merge_op.register_autograd(_merge_backward, setup_context=_merge_setup_context)
 
 
 def es2d_scan(x: torch.Tensor, step: int = 2, backend: str = "auto") -> torch.Tensor:
-    """(B, D, H, W) -> (B, 4, D, L')."""
-    resolve_backend(backend, x.device)  # TODO(es2d helper): torch/triton paths
-    return es2d_scan_ref(x, step)
+    """(B, D, H, W), any strides -> contiguous (B, 4, D, L'), L' = ceil(H/2) * ceil(W/2)."""
+    _check_step(step)
+    _check_floating(x, "x")
+    if x.dim() != 4:
+        raise ValueError(f"x must be (B, D, H, W), got shape {tuple(x.shape)}")
+    backend = resolve_backend(backend, x.device)
+    if backend == "reference":
+        return es2d_scan_ref(x, step)
+    return _es2d_scan_op(x, backend)
 
 
-def es2d_merge(y: torch.Tensor, H: int, W: int, step: int = 2, backend: str = "auto") -> torch.Tensor:
-    """(B, 4, D, L') -> (B, D, H, W)."""
-    resolve_backend(backend, y.device)
-    return es2d_merge_ref(y, H, W, step)
+def es2d_merge(y: torch.Tensor, H: int, W: int, step: int = 2, backend: str = "auto",
+               channels_last: bool = False) -> torch.Tensor:
+    """(B, 4, D, L'), any strides -> contiguous (B, D, H, W), or (B, H, W, D) when channels_last."""
+    _check_step(step)
+    _check_floating(y, "y")
+    if not (isinstance(H, int) and isinstance(W, int) and H > 0 and W > 0):
+        raise ValueError(f"H and W must be positive ints, got H={H!r}, W={W!r}")
+    seq_len = ((H + 1) // 2) * ((W + 1) // 2)
+    if y.dim() != 4 or y.shape[1] != 4 or y.shape[3] != seq_len:
+        raise ValueError(f"y must be (B, 4, D, {seq_len}) for H={H}, W={W}, got shape {tuple(y.shape)}")
+    backend = resolve_backend(backend, y.device)
+    if backend == "reference":
+        out = es2d_merge_ref(y, H, W, step)
+        return out.permute(0, 2, 3, 1).contiguous() if channels_last else out
+    return _es2d_merge_op(y, H, W, channels_last, backend)

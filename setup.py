@@ -13,6 +13,7 @@ TEST_REQUIRES = [
     "scikit-image>=0.19",
     "sewar>=0.4.5",
     "pytorch-msssim>=1.0",
+    "PyWavelets>=1.1",
 ]
 BENCH_REQUIRES = ["pytest-benchmark>=4", "matplotlib>=3.5"]
 

@@ -1,0 +1,109 @@
+"""FusionMamba training losses: intensity, Sobel texture and SSIM / MS-SSIM terms (spec section 7).
+
+Two presets, all images (B, 1, H, W) in [0, 1]:
+
+* "paper" (Eq. 9-12): 1 * L_int + 1 * L_text + 10 * L_ssim with
+  L_int  = mean |I_f - max(I_1, I_2)|                       (the L1 norm / HW, averaged over the batch)
+  L_text = mean | |grad I_f| - max(|grad I_1|, |grad I_2|) |
+  L_ssim = 1/2 (1 - SSIM(I_1, I_f)) + 1/2 (1 - SSIM(I_2, I_f)), Wang SSIM (Gaussian 11/1.5, L = 1).
+* "official" (the authors' training code): 10 * L_ssim + 10 * L_int + 1 * L_text with
+  L_int  = mean (I_f - max(I_1, I_2))^2
+  L_ssim = 1/2 (1 - MS-SSIM(I_1, I_f)) + 1/2 (1 - MS-SSIM(I_2, I_f)), a correct 5-scale MS-SSIM
+  (the bundled official version multiplies the last-scale SSIM in four times).
+
+|grad x| = |Sobel_x * x| + |Sobel_y * x| with zero padding in both presets (the paper only says
+"Sobel"). Small images: the 5-scale MS-SSIM needs a short side above 160 px for its 11-tap window;
+below that the window is cut at the coarse scales to the largest odd size that fits (e.g. 11, 11,
+11, 11, 7 for 128 px crops), and images with a short side under 33 px are rejected. SSIM needs 11 px.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .metrics.ssim_torch import ms_ssim, ssim
+
+PRESETS = {
+    "paper": {"intensity": 1.0, "texture": 1.0, "ssim": 10.0},
+    "official": {"intensity": 10.0, "texture": 1.0, "ssim": 10.0},
+}
+_MS_SSIM_FLOOR = 1e-6  # clamp for cs / SSIM before the fractional powers: keeps gradients finite
+
+
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|Sobel_x * x| + |Sobel_y * x|, zero padding: (B, 1, H, W) -> (B, 1, H, W)."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
+    kernels = torch.stack([kx, kx.t()]).unsqueeze(1)  # (2, 1, 3, 3): x then y derivative
+    return F.conv2d(x, kernels, padding=1).abs().sum(dim=1, keepdim=True)
+
+
+def intensity_loss(fused: torch.Tensor, img1: torch.Tensor, img2: torch.Tensor, squared: bool = False) -> torch.Tensor:
+    """Mean |I_f - max(I_1, I_2)| (or its square): a scalar."""
+    diff = fused - torch.maximum(img1, img2)
+    return (diff * diff).mean() if squared else diff.abs().mean()
+
+
+def texture_loss(fused: torch.Tensor, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
+    """Mean | |grad I_f| - max(|grad I_1|, |grad I_2|) | with Sobel gradients: a scalar."""
+    target = torch.maximum(sobel_magnitude(img1), sobel_magnitude(img2))
+    return (sobel_magnitude(fused) - target).abs().mean()
+
+
+def ssim_loss(fused: torch.Tensor, img1: torch.Tensor, img2: torch.Tensor, multiscale: bool = False) -> torch.Tensor:
+    """1/2 (1 - S(I_1, I_f)) + 1/2 (1 - S(I_2, I_f)), S = SSIM or 5-scale MS-SSIM on [0, 1]: a scalar.
+
+    Half-precision inputs are scored in float32: the variances and fractional powers need it.
+    """
+    if fused.dtype in (torch.float16, torch.bfloat16):
+        fused, img1, img2 = fused.float(), img1.float(), img2.float()
+    if multiscale:
+        score = lambda x: ms_ssim(x, fused, 1.0, adapt_window=True, min_value=_MS_SSIM_FLOOR)  # noqa: E731
+    else:
+        score = lambda x: ssim(x, fused, 1.0)  # noqa: E731
+    return 1.0 - 0.5 * (score(img1).mean() + score(img2).mean())
+
+
+class FusionLoss(nn.Module):
+    """Weighted FusionMamba loss. forward(fused, img1, img2), each (B, 1, H, W) in [0, 1], returns
+    (total, {"intensity", "texture", "ssim": detached scalar tensors})."""
+
+    def __init__(self, preset: str = "paper"):
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        self.preset = preset
+        self.weights = dict(PRESETS[preset])
+
+    def extra_repr(self) -> str:
+        return f"preset={self.preset!r}, weights={self.weights}"
+
+    def forward(self, fused: torch.Tensor, img1: torch.Tensor, img2: torch.Tensor):
+        _check_images(fused=fused, img1=img1, img2=img2)
+        official = self.preset == "official"
+        terms = {
+            "intensity": intensity_loss(fused, img1, img2, squared=official),
+            "texture": texture_loss(fused, img1, img2),
+            "ssim": ssim_loss(fused, img1, img2, multiscale=official),
+        }
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return total, {name: value.detach() for name, value in terms.items()}
+
+
+def _check_images(**images: torch.Tensor) -> None:
+    shapes = {}
+    for name, x in images.items():
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"{name} must have shape (B, 1, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating tensor, got {x.dtype}")
+        shapes[name] = tuple(x.shape)
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"fused, img1 and img2 must have the same shape, got {shapes}")
+    devices = {name: str(x.device) for name, x in images.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"fused, img1 and img2 must be on one device, got {devices}")
+    if min(shapes["fused"][-2:]) < 11:
+        raise ValueError(f"images must be at least 11x11 pixels for the SSIM window, got {shapes['fused'][-2:]}")

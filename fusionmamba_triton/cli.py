@@ -1,0 +1,322 @@
+"""The `fusionmamba` command: fuse, evaluate and train.
+
+  fusionmamba fuse VIS.png IR.png -o fused.png --weights run/final
+  fusionmamba fuse --a-dir vi/ --b-dir ir/ -o fused/ --method laplacian
+  fusionmamba evaluate --a-dir vi/ --b-dir ir/ --fused-dir fused/ --csv scores.csv
+  fusionmamba train --data MSRS/ --task ir-vis -o run/
+  torchrun --nproc_per_node 4 -m fusionmamba_triton train --data MSRS/ -o run/
+
+Inputs: a is the visible / MRI / phase-contrast image (the model's x1), b the infrared / CT /
+PET / SPECT / GFP one (x2). Errors print one line on stderr and exit non-zero; outputs are
+written whole or not at all.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from .data import TASKS, find_pairs, find_task_dirs, list_images
+from .fuse import AUTOCAST_DTYPES, COLOUR_SOURCES
+from .imaging import IMAGE_EXTENSIONS, atomic_write, load_image
+
+METHODS = ("model", "average", "max", "laplacian")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def _add_task_args(p: argparse.ArgumentParser, paired_dirs: bool = True) -> None:
+    p.add_argument("--task", choices=sorted(TASKS), default=None,
+                   help="fusion task: picks the colour source and the folder names looked for under --data "
+                        "(ir-vis: a=vi, b=ir; ct-mri / pet-mri / spect-mri: a=MRI, b=CT/PET/SPECT; gfp-pc: a=PC, b=GFP)")
+    if paired_dirs:
+        p.add_argument("--a-dir", type=Path, help="folder of a images (visible / MRI / phase contrast)")
+        p.add_argument("--b-dir", type=Path, help="folder of b images (infrared / CT / PET / SPECT / GFP), paired by file name")
+        p.add_argument("--data", type=Path, help="dataset root holding the task's folders (e.g. MSRS with ir/ and vi/)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="checkpoint: .safetensors / .pth file, a folder written by save_pretrained, or a training last.pt")
+    p.add_argument("--preset", choices=("base", "tiny", "small"), default=None,
+                   help="model configuration (default: read from the checkpoint)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--backend", choices=("auto", "reference", "torch", "triton"), default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusionmamba", description="FusionMamba multimodal image fusion")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fuse", help="fuse one image pair or two folders of pairs")
+    p.add_argument("a", nargs="?", type=Path, help="a image (visible / MRI)")
+    p.add_argument("b", nargs="?", type=Path, help="b image (infrared / CT / PET / SPECT)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file (one pair) or folder (folders)")
+    _add_task_args(p)
+    _add_model_args(p)
+    p.add_argument("--method", choices=METHODS, default="model", help="FusionMamba or a classical baseline")
+    p.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="fp32", help="autocast precision (GPU)")
+    p.add_argument("--tile", type=int, default=None, help="fuse in overlapping tiles of this size (multiple of 32) to save memory")
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+    p.add_argument("--colour-source", choices=COLOUR_SOURCES, default=None,
+                   help="whose colour the output keeps (default: the task's, else whichever input is colour)")
+    p.add_argument("--ext", default=".png", help="output file type for folders (default .png)")
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="run a randomly initialised model when no weights are available (smoke tests only)")
+
+    p = sub.add_parser("evaluate", help="score fused images against their sources")
+    _add_task_args(p)
+    p.add_argument("--fused-dir", type=Path, required=True, help="folder of fused images, named like the pairs")
+    p.add_argument("--metrics", nargs="+", default=None, help="metric names (default: all)")
+    p.add_argument("--convention", default="canonical", help="metric convention (see fusionmamba_triton.metrics.CONVENTIONS)")
+    p.add_argument("--csv", type=Path, help="write per-image scores and the mean as CSV")
+    p.add_argument("--json", type=Path, help="write per-image scores and the mean as JSON")
+
+    p = sub.add_parser("train", help="train on paired folders (runs under torchrun as DDP)")
+    _add_task_args(p)
+    p.add_argument("-o", "--out-dir", type=Path, default=Path("runs/fusionmamba"), help="checkpoints, log.jsonl and final/")
+    p.add_argument("--preset", choices=("base", "tiny", "small"), default="base")
+    p.add_argument("--model-config", default=None, help="JSON object (or a .json file) overriding the preset's constructor arguments")
+    p.add_argument("--weights", default=None, help="initialise from these weights")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=2, help="per process")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--schedule", choices=("official", "cosine", "constant"), default="official",
+                   help="official: lr * 0.75^(epoch-1)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--crop", type=int, default=None, help="random square crops of this size (default 256)")
+    size.add_argument("--resize", type=int, default=None, help="resize whole images to this square size instead (the official recipe: 256)")
+    p.add_argument("--no-augment", action="store_true", help="no random flips / rotations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loss", choices=("official", "paper"), default="official")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="write OUT/last.pt every N steps")
+    p.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' for OUT/last.pt")
+    p.add_argument("--val-a", type=Path, help="validation a image or folder")
+    p.add_argument("--val-b", type=Path, help="validation b image or folder")
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--val-metrics", nargs="+", default=["vif", "qabf", "ssim"])
+    p.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="mixed precision (GPU)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--backend", choices=("auto", "reference", "torch", "triton"), default="auto")
+    p.add_argument("--workers", type=int, default=2, help="data-loader processes")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--weights-digest", action="store_true",
+                   help="each process writes OUT/weights_rank<r>.sha256 of its final weights (checks DDP replicas agree)")
+    return parser
+
+
+def _pair_dirs(args) -> tuple[Path, Path]:
+    if args.data is not None:
+        if args.a_dir is not None or args.b_dir is not None:
+            raise CLIError("give either --data or --a-dir/--b-dir, not both")
+        a_dir, b_dir, task = find_task_dirs(args.data, args.task, prefer="train" if args.command == "train" else "test")
+        args.task = args.task or task
+        return a_dir, b_dir
+    if args.a_dir is None or args.b_dir is None:
+        raise CLIError("give --a-dir and --b-dir (or --data ROOT)")
+    return args.a_dir, args.b_dir
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def cmd_fuse(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    single = args.a is not None or args.b is not None
+    if single and (args.a is None or args.b is None):
+        raise CLIError("give both images A and B")
+    if single and (args.a_dir or args.b_dir or args.data):
+        raise CLIError("give either two images or --a-dir/--b-dir (--data), not both")
+    if not args.ext.startswith("."):
+        args.ext = "." + args.ext
+    if args.ext.lower() not in IMAGE_EXTENSIONS:
+        raise CLIError(f"--ext: unsupported image type {args.ext!r}; choose from {', '.join(IMAGE_EXTENSIONS)}")
+    if args.tile is not None and (args.tile <= 0 or args.tile % 32 or not 0 <= args.overlap < args.tile):
+        raise CLIError(f"--tile must be a positive multiple of 32 and --overlap in [0, tile), got {args.tile} and {args.overlap}")
+    if single:
+        output = args.output / (args.a.stem + args.ext) if args.output.is_dir() else args.output
+        jobs, unmatched = [(args.a.stem, args.a, args.b, output)], []
+    else:
+        pairs, unmatched = find_pairs(*_pair_dirs(args))
+        if args.output.exists() and not args.output.is_dir():
+            raise CLIError(f"{args.output}: exists and is not a folder (two folders need an output folder)")
+        jobs = [(stem, a, b, args.output / (stem + args.ext)) for stem, a, b in pairs]
+    if single and not jobs[0][3].parent.is_dir():
+        raise CLIError(f"{jobs[0][3].parent}: output folder does not exist")
+    colour_source = args.colour_source or (TASKS[args.task].colour_source if args.task else "auto")
+
+    if args.method == "model":
+        from .fuse import default_weights, fuse, load_model
+        from .model import BUNDLED_CHECKPOINTS, DEFAULT_CHECKPOINT
+
+        device = _device(args.device)
+        task = args.task or "ir-vis"
+        model = load_model(args.weights, preset=args.preset, device=device, backend=args.backend,
+                           allow_untrained=args.allow_untrained, task=task)
+        if args.weights is None and default_weights(task) is not None:
+            print(f"fusionmamba fuse: using the bundled checkpoint {DEFAULT_CHECKPOINT!r}: "
+                  f"{BUNDLED_CHECKPOINTS[DEFAULT_CHECKPOINT]}", file=sys.stderr)
+
+        def fuser(a, b):
+            return fuse(model, a, b, colour_source=colour_source, tile=args.tile, overlap=args.overlap,
+                        autocast_dtype=args.dtype, device=device)
+    else:
+        from .baselines import get_fuser
+
+        baseline = get_fuser(args.method)
+
+        def fuser(a, b):
+            return baseline(a, b, colour_source=colour_source)
+
+    from .imaging import save_image
+
+    jobs[0][3].parent.mkdir(parents=True, exist_ok=True)
+    for path in unmatched:
+        print(f"fusionmamba fuse: warning: {path}: no file of the same name in the other folder, skipped", file=sys.stderr)
+    failed = 0
+    for stem, a_path, b_path, out_path in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
+        try:
+            fused = fuser(load_image(a_path), load_image(b_path))
+            save_image(out_path, fused)
+        except (ValueError, torch.cuda.OutOfMemoryError) as exc:
+            failed += 1
+            message = str(exc).splitlines()[0]
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                message = "out of GPU memory; fuse in tiles with e.g. --tile 512"
+            if str(a_path) not in message and str(b_path) not in message:
+                message = f"{a_path} + {b_path}: {message}"
+            tqdm.write(f"fusionmamba fuse: error: {message}", file=sys.stderr)
+    if failed and len(jobs) > 1:
+        print(f"fusionmamba fuse: {failed} of {len(jobs)} pairs failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from .metrics import CONVENTIONS, evaluate
+
+    names = args.metrics
+    _check_metric_names("--metrics", names or [])
+    if args.convention not in CONVENTIONS:
+        raise CLIError(f"--convention: unknown convention {args.convention!r}; choose from {', '.join(CONVENTIONS)}")
+    pairs, _ = find_pairs(*_pair_dirs(args))
+    fused_images = list_images(args.fused_dir)
+    scores: dict[str, dict[str, float]] = {}
+    failures: dict[str, str] = {}
+    for stem, a_path, b_path in pairs:
+        try:
+            if stem not in fused_images:
+                raise ValueError(f"{args.fused_dir}: no fused image named {stem}")
+            a, b, f = (load_image(p) * 255.0 for p in (a_path, b_path, fused_images[stem]))
+            if not a.shape[:2] == b.shape[:2] == f.shape[:2]:
+                raise ValueError(f"{fused_images[stem]}: sizes differ (a {a.shape}, b {b.shape}, fused {f.shape})")
+            scores[stem] = {k: float(v) for k, v in evaluate(a, b, f, metrics=names, convention=args.convention).items()}
+        except ValueError as exc:
+            failures[stem] = str(exc)
+            print(f"fusionmamba evaluate: error: {exc}", file=sys.stderr)
+    if not scores:
+        raise CLIError("no image could be evaluated")
+    columns = list(next(iter(scores.values())))
+    mean = {c: sum(s[c] for s in scores.values()) / len(scores) for c in columns}
+    print(_table(scores, mean, columns))
+    if args.csv is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["image"] + columns)
+        for stem, s in scores.items():
+            writer.writerow([stem] + [repr(s[c]) for c in columns])
+        writer.writerow(["mean"] + [repr(mean[c]) for c in columns])
+        atomic_write(args.csv, lambda f: f.write(buffer.getvalue()), mode="w")
+    if args.json is not None:
+        report = {"convention": args.convention, "metrics": columns, "images": scores, "mean": mean, "failed": failures}
+        atomic_write(args.json, lambda f: json.dump(report, f, indent=2), mode="w")
+    return 1 if failures else 0
+
+
+def _check_metric_names(option: str, names) -> None:
+    from .metrics import ALIASES, METRICS
+
+    unknown = [m for m in names if m not in METRICS and m not in ALIASES]
+    if unknown:
+        raise CLIError(f"{option}: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS + tuple(ALIASES))}")
+
+
+def _table(scores: dict, mean: dict, columns: list[str]) -> str:
+    rows = [["image"] + columns] + [[stem] + [f"{s[c]:.4f}" for c in columns] for stem, s in scores.items()]
+    rows.append(["mean"] + [f"{mean[c]:.4f}" for c in columns])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def _val_pairs(a: Path | None, b: Path | None) -> list:
+    if a is None and b is None:
+        return []
+    if a is None or b is None:
+        raise CLIError("give both --val-a and --val-b")
+    if a.is_dir() or b.is_dir():
+        return [(pa, pb) for _, pa, pb in find_pairs(a, b)[0]]
+    for path in (a, b):
+        if not path.is_file():
+            raise CLIError(f"{path}: no such file")
+    return [(a, b)]
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    a_dir, b_dir = _pair_dirs(args)
+    _check_metric_names("--val-metrics", args.val_metrics)
+    model_config = {}
+    if args.model_config:
+        text = Path(args.model_config).read_text() if args.model_config.endswith(".json") else args.model_config
+        try:
+            model_config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CLIError(f"--model-config: not valid JSON ({exc})") from None
+        if not isinstance(model_config, dict):
+            raise CLIError("--model-config: expected a JSON object of constructor arguments")
+    config = TrainConfig(
+        a_dir=str(a_dir), b_dir=str(b_dir), out_dir=str(args.out_dir), preset=args.preset, model_config=model_config,
+        init_weights=args.weights, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        schedule=args.schedule, crop=None if args.resize else (args.crop or 256), resize=args.resize,
+        augment=not args.no_augment, seed=args.seed, loss=args.loss, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, val_pairs=_val_pairs(args.val_a, args.val_b), val_every=args.val_every,
+        val_metrics=tuple(args.val_metrics), amp=args.amp, device=args.device, backend=args.backend,
+        num_workers=args.workers, log_every=args.log_every, weights_digest=args.weights_digest,
+    )
+    result = train(config)
+    if result["checkpoint"]:
+        print(f"step {result['step']}: loss {result['loss']:.4f}; checkpoint {result['checkpoint']}, "
+              f"weights {Path(config.out_dir) / 'final'}")
+    return 0
+
+
+COMMANDS = {"fuse": cmd_fuse, "evaluate": cmd_evaluate, "train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CLIError, ValueError, FileNotFoundError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"fusionmamba {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fusionmamba: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

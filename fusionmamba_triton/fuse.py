@@ -1,0 +1,204 @@
+"""Fusing one image pair of any size and colour with a FusionMamba model.
+
+a is the visible (or MRI / phase-contrast) image, the model's x1; b is the infrared (or CT / PET /
+SPECT / GFP) image, the model's x2. At most one of them may be colour: its Y (BT.601) is fused
+and its Cb/Cr are put back.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .imaging import crop, pad_to_multiple, rgb_to_ycbcr, run_tiled, ycbcr_to_rgb
+
+COLOUR_SOURCES = ("auto", "a", "b", "none")
+SIZE_MULTIPLE = 32
+AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_weights(task: str = "ir-vis") -> Path | None:
+    """Folder of the bundled checkpoint used for `task` (one for every task), or None when this install lacks it."""
+    from .model import DEFAULT_CHECKPOINT, bundled_checkpoint
+
+    try:
+        return Path(bundled_checkpoint(DEFAULT_CHECKPOINT))
+    except FileNotFoundError:
+        return None
+
+
+def load_model(weights=None, *, preset: str | None = None, device="cpu", backend: str = "auto",
+               allow_untrained: bool = False, task: str = "ir-vis"):
+    """A FusionMamba in eval mode on `device`, from `weights` (file, save_pretrained folder or training
+    checkpoint), else the bundled checkpoint for `task`.
+
+    Without any weights it raises, unless allow_untrained=True builds a randomly initialised model
+    of `preset` (its output is meaningless; for smoke tests only).
+    """
+    from .model import FusionMamba
+
+    weights = weights if weights is not None else default_weights(task)
+    if weights is None:
+        if not allow_untrained:
+            raise ValueError(
+                "no trained weights: the bundled FusionMamba checkpoint is missing from this installation and an untrained model "
+                "gives meaningless output; pass --weights PATH (e.g. OUT/final from `fusionmamba train`) or use "
+                "a classical method, e.g. --method average"
+            )
+        model = FusionMamba.from_preset(preset or "base", backend=backend)
+    else:
+        if not Path(weights).exists():
+            raise ValueError(f"{weights}: no such checkpoint file or folder")
+        try:
+            model = FusionMamba.from_pretrained(weights, preset=preset, map_location="cpu", backend=backend)
+        except (ValueError, RuntimeError, OSError, KeyError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(message if str(weights) in message else f"{weights}: {message}") from None
+    return model.to(device).eval()
+
+
+def as_image(x, name: str = "image") -> np.ndarray:
+    """Check and convert an image to float32 in [0, 1], shaped (H, W) or (H, W, 3).
+
+    Accepts numpy (H, W), (H, W, 1), (H, W, 3) and torch (H, W), (1, H, W), (3, H, W), as uint8
+    (0-255), uint16 (0-65535) or float (0-1).
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.ndim == 3:
+            if x.shape[0] not in (1, 3):
+                raise ValueError(f"{name}: a (C, H, W) tensor needs C = 1 or 3, got shape {tuple(x.shape)}")
+            x = x.permute(1, 2, 0)
+        x = x.numpy()
+    x = np.asarray(x)
+    if x.ndim == 3 and x.shape[2] == 1:
+        x = x[..., 0]
+    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] != 3):
+        raise ValueError(f"{name}: expected a grey (H, W) or colour (H, W, 3) image, got shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{name}: image is empty (shape {x.shape})")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if x.dtype == np.uint16:
+        return x.astype(np.float32) / 65535.0
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name}: expected uint8, uint16 or float values, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: image holds NaN or infinite values")
+    low, high = float(x.min()), float(x.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ValueError(
+            f"{name}: float images must hold values in [0, 1], got [{low:g}, {high:g}] (divide 8-bit data by 255)"
+        )
+    return x.clip(0, 1)
+
+
+def split_colour(a, b, colour_source: str = "auto"):
+    """Validate a pair and return (y_a, y_b, chroma): grey (H, W) images and the colour source's Cb/Cr.
+
+    colour_source: "auto" (the colour image, if any; both colour is an error), "a" or "b" (that
+    image's colour is kept if it has any, the other is reduced to Y), "none" (grey output).
+    chroma is (H, W, 2) or None.
+    """
+    if colour_source not in COLOUR_SOURCES:
+        raise ValueError(f"colour_source must be one of {COLOUR_SOURCES}, got {colour_source!r}")
+    a, b = as_image(a, "a"), as_image(b, "b")
+    if a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"a and b must have the same size, got {a.shape[1]}x{a.shape[0]} and {b.shape[1]}x{b.shape[0]}")
+    if colour_source == "auto":
+        if a.ndim == 3 and b.ndim == 3:
+            raise ValueError(
+                "both images are colour; only one may be (pass colour_source='a' or 'b' to choose, or 'none')"
+            )
+        colour_source = "a" if a.ndim == 3 else "b"
+    ya, yb = (rgb_to_ycbcr(x) if x.ndim == 3 else x for x in (a, b))
+    source = {"a": ya, "b": yb}.get(colour_source)
+    chroma = source[..., 1:] if source is not None and source.ndim == 3 else None
+    ya, yb = (y[..., 0] if y.ndim == 3 else y for y in (ya, yb))
+    return np.ascontiguousarray(ya), np.ascontiguousarray(yb), chroma
+
+
+def merge_colour(y: np.ndarray, chroma: np.ndarray | None) -> np.ndarray:
+    """Fused Y (H, W) plus the colour source's Cb/Cr -> RGB (H, W, 3), or the grey Y; clipped to [0, 1]."""
+    y = np.asarray(y, dtype=np.float32).clip(0, 1)
+    if chroma is None:
+        return y
+    return ycbcr_to_rgb(np.concatenate([y[..., None], chroma], axis=-1)).clip(0, 1).astype(np.float32)
+
+
+def fuse_luma(fn, a, b, colour_source: str = "auto") -> np.ndarray:
+    """Fuse with fn(y_a, y_b) -> y_fused on grey (H, W) float arrays, handling colour as described above."""
+    ya, yb, chroma = split_colour(a, b, colour_source)
+    return merge_colour(fn(ya, yb), chroma)
+
+
+def _resolve_autocast(autocast_dtype):
+    if isinstance(autocast_dtype, str):
+        if autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype must be one of {tuple(AUTOCAST_DTYPES)}, got {autocast_dtype!r}")
+        return AUTOCAST_DTYPES[autocast_dtype]
+    if autocast_dtype not in (None, torch.float16, torch.bfloat16):
+        raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype!r}")
+    return autocast_dtype
+
+
+def fuse(
+    model: torch.nn.Module,
+    a,
+    b,
+    *,
+    colour_source: str = "auto",
+    tile: int | None = None,
+    overlap: int = 64,
+    autocast_dtype=None,
+    device=None,
+) -> np.ndarray:
+    """Fuse a (visible / MRI) with b (infrared / CT / PET / SPECT) with `model`; any size, grey or RGB.
+
+    Returns float32 in [0, 1] at the input size: (H, W), or (H, W, 3) when one input is colour.
+    The grey images are reflect-padded to a multiple of model.size_multiple (32) and cropped back.
+
+    tile: run the model on overlapping tiles of this size (a multiple of 32) instead of the whole
+      image, to bound memory; tiles are blended with raised-cosine weights over `overlap` pixels.
+      FusionMamba's scans see the whole input, so tiled results differ slightly from untiled ones.
+    autocast_dtype: None (fp32), torch.float16 / torch.bfloat16 or "fp16" / "bf16" autocast.
+    device: where to run; default the model's device (the model is not moved).
+    """
+    autocast_dtype = _resolve_autocast(autocast_dtype)
+    multiple = getattr(model, "size_multiple", SIZE_MULTIPLE)
+    if tile is not None:
+        if tile <= 0 or tile % multiple:
+            raise ValueError(f"tile must be a positive multiple of {multiple}, got {tile}")
+        if not 0 <= overlap < tile:
+            raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
+    params = next(model.parameters(), None)
+    device = torch.device(device) if device is not None else (params.device if params is not None else torch.device("cpu"))
+    dtype = params.dtype if params is not None and params.is_floating_point() else torch.float32
+
+    def run_model(ya: np.ndarray, yb: np.ndarray) -> np.ndarray:
+        height, width = ya.shape
+        x1 = torch.from_numpy(ya)[None, None].to(device=device, dtype=dtype)
+        x2 = torch.from_numpy(yb)[None, None].to(device=device, dtype=dtype)
+        x1, x2 = pad_to_multiple(x1, multiple), pad_to_multiple(x2, multiple)
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            if tile is None:
+                y = model(x1, x2).float()
+            else:
+                y = run_tiled(model, x1, x2, tile, overlap)
+        return crop(y, height, width)[0, 0].clamp(0, 1).cpu().numpy()
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return fuse_luma(run_model, a, b, colour_source)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,191 @@
+"""fuse(): any size, grey or colour, tiles, and clear errors for bad input."""
+import numpy as np
+import pytest
+import torch
+
+from fusionmamba_triton.fuse import fuse, load_model, split_colour
+from fusionmamba_triton.imaging import rgb_to_ycbcr
+from fusionmamba_triton.model import FusionMamba
+
+TINY = dict(dims=[8, 16, 32, 64], dims_decoder=[64, 32, 16, 8], depths=[1, 1, 1, 1], depths_decoder=[1, 1, 1, 1])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machine is small and shared; one intra-op thread is much faster than oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class MeanModel(torch.nn.Module):
+    """Stand-in with FusionMamba's call shape whose output is easy to predict: (x1 + x2) / 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x1, x2):
+        assert x1.shape[-2] % 32 == 0 and x1.shape[-1] % 32 == 0
+        return self.scale * (x1 + x2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return FusionMamba(**TINY).eval()
+
+
+def _images(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((height, width), dtype=np.float32), rng.random((height, width), dtype=np.float32)
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (45, 77), (64, 32)], ids=lambda v: str(v))
+def test_grey_pair_keeps_size(model, height, width):
+    a, b = _images(height, width)
+    fused = fuse(model, a, b)
+    assert fused.shape == (height, width) and fused.dtype == np.float32
+    assert 0 <= fused.min() and fused.max() <= 1
+
+
+def test_matches_padded_model_call(model):
+    a, b = _images(32, 64)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]).clamp(0, 1)[0, 0].numpy()
+    np.testing.assert_allclose(fuse(model, a, b), expected, atol=1e-6)
+
+
+def test_colour_visible_301x496_keeps_size_and_chroma():
+    rng = np.random.default_rng(1)
+    a = rng.random((301, 496, 3), dtype=np.float32) * 0.5 + 0.25
+    b = rng.random((301, 496), dtype=np.float32)
+    fused = fuse(MeanModel(), a, b)
+    assert fused.shape == (301, 496, 3)
+    fused_ycbcr, a_ycbcr = rgb_to_ycbcr(fused), rgb_to_ycbcr(a)
+    inside = ((fused > 0) & (fused < 1)).all(axis=-1)  # exact where the RGB was not clipped
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(fused_ycbcr[inside][:, 0], ((a_ycbcr[..., 0] + b) / 2)[inside], atol=1e-5)
+    np.testing.assert_allclose(fused_ycbcr[inside][:, 1:], a_ycbcr[inside][:, 1:], atol=1e-5)
+
+
+def test_real_model_on_colour_pair(model):
+    a = np.random.default_rng(8).random((37, 50, 3), dtype=np.float32)
+    b = np.random.default_rng(9).random((37, 50), dtype=np.float32)
+    fused = fuse(model, a, b)
+    assert fused.shape == (37, 50, 3) and fused.dtype == np.float32
+
+
+def test_colour_b_is_the_colour_source(model):
+    a, _ = _images(32, 32)
+    pet = np.random.default_rng(2).random((32, 32, 3), dtype=np.float32)
+    assert fuse(model, a, pet).shape == (32, 32, 3)
+    assert fuse(MeanModel(), a, pet, colour_source="none").shape == (32, 32)
+    assert fuse(MeanModel(), a, pet, colour_source="a").shape == (32, 32)  # a has no colour to keep  # a has no colour to keep
+
+
+def test_input_formats_agree(model):
+    a8 = (np.random.default_rng(3).random((33, 40, 3)) * 255).astype(np.uint8)
+    b8 = (np.random.default_rng(4).random((33, 40)) * 255).astype(np.uint8)
+    reference = fuse(model, a8, b8)
+    as_float = fuse(model, a8 / np.float32(255), b8[..., None] / np.float32(255))
+    as_tensor = fuse(model, torch.from_numpy(a8).permute(2, 0, 1), torch.from_numpy(b8)[None])
+    np.testing.assert_allclose(as_float, reference, atol=1e-6)
+    np.testing.assert_allclose(as_tensor, reference, atol=1e-6)
+
+
+def test_both_colour_needs_a_choice(model):
+    rgb = np.random.default_rng(5).random((32, 32, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="both images are colour"):
+        fuse(model, rgb, rgb)
+    assert fuse(model, rgb, rgb, colour_source="b").shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "a,b,match",
+    [
+        (np.zeros((32, 32)), np.zeros((32, 33)), "same size"),
+        (np.zeros((32, 32, 4)), np.zeros((32, 32)), "shape"),
+        (np.zeros((32, 32, 2)), np.zeros((32, 32)), "shape"),
+        (torch.zeros(2, 32, 32), torch.zeros(1, 32, 32), "C = 1 or 3"),
+        (np.zeros((0, 32)), np.zeros((0, 32)), "empty"),
+        (np.full((32, 32), np.nan), np.zeros((32, 32)), "NaN"),
+        (np.full((32, 32), 200.0), np.zeros((32, 32)), r"\[0, 1\]"),
+        (np.zeros((32, 32), dtype=np.int32), np.zeros((32, 32)), "dtype"),
+        (np.zeros((2, 32, 32)), np.zeros((2, 32, 32)), "shape"),
+    ],
+    ids=["size-mismatch", "4-channels", "2-channels", "tensor-2-channels", "empty", "nan", "0-255-float", "int32", "chw-numpy"],
+)
+def test_rejects_bad_input(model, a, b, match):
+    with pytest.raises(ValueError, match=match):
+        fuse(model, a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(tile=48), "multiple of 32"),
+        (dict(tile=64, overlap=64), "overlap"),
+        (dict(colour_source="c"), "colour_source"),
+        (dict(autocast_dtype="fp8"), "autocast_dtype"),
+    ],
+    ids=["tile", "overlap", "colour-source", "dtype"],
+)
+def test_rejects_bad_options(model, kwargs, match):
+    a, b = _images(32, 32)
+    with pytest.raises(ValueError, match=match):
+        fuse(model, a, b, **kwargs)
+
+
+def test_tiles_close_to_whole_image(model):
+    a, b = _images(40, 70, seed=6)  # padded to 64 x 96: two 64 x 64 tiles
+    whole = fuse(model, a, b)
+    tiled = fuse(model, a, b, tile=64, overlap=32)
+    assert tiled.shape == whole.shape
+    assert np.abs(tiled - whole).mean() < 0.05
+
+
+def test_tiles_are_exact_for_a_pixelwise_model():
+    a, b = _images(80, 90, seed=6)
+    np.testing.assert_allclose(fuse(MeanModel(), a, b, tile=64, overlap=16), fuse(MeanModel(), a, b), atol=1e-6)
+
+
+def test_restores_training_mode_and_needs_no_grad(model):
+    model.train()
+    try:
+        a, b = _images(32, 32)
+        fuse(model, a, b)
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_bf16_autocast_runs(model):
+    a, b = _images(32, 32)
+    fused = fuse(model, a, b, autocast_dtype="bf16")
+    assert fused.dtype == np.float32
+    assert np.abs(fused - fuse(model, a, b)).mean() < 0.02
+
+
+def test_split_colour_gives_y_and_chroma():
+    rgb = np.random.default_rng(7).random((5, 6, 3), dtype=np.float32)
+    ya, yb, chroma = split_colour(rgb, rgb[..., 0])
+    np.testing.assert_allclose(ya, rgb_to_ycbcr(rgb)[..., 0], atol=1e-6)
+    assert chroma.shape == (5, 6, 2) and yb.shape == (5, 6)
+
+
+def test_load_model_errors(tmp_path, model, monkeypatch):
+    monkeypatch.setattr("fusionmamba_triton.fuse.default_weights", lambda task="ir-vis": None)  # an install without it
+    with pytest.raises(ValueError, match="--weights"):
+        load_model(None)
+    with pytest.raises(ValueError, match="missing.safetensors"):
+        load_model(tmp_path / "missing.safetensors")
+    torch.manual_seed(0)
+    FusionMamba(**{**TINY, "dims": [16, 32, 64, 128], "dims_decoder": [128, 64, 32, 16]}).save_pretrained(tmp_path / "wide")
+    with pytest.raises(ValueError, match="wide"):
+        load_model(tmp_path / "wide", preset="small")
+    model.save_pretrained(tmp_path / "tiny")
+    loaded = load_model(tmp_path / "tiny")
+    a, b = _images(32, 32)
+    np.testing.assert_array_equal(fuse(loaded, a, b), fuse(model, a, b))

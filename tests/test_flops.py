@@ -44,8 +44,7 @@ def hand_count(cfg: dict, height: int, width: int) -> dict[str, int]:
         c["linear"] += b * (2 * t * ch * 4 * ch + 2 * t * 2 * ch * ch)  # in_proj, out_proj
         c["linear"] += b * 2 * (2 * ch * (ch // 8) * 2)  # BiAttn's two Linears on the pooled vector, twice
         c["linear"] += b * 2 * (2 * t * ch * 4 * ch)  # MLP fc1, fc2
-        c["other matmul"] += b * 2 * (2 * t * ch)  # BiAttn's pooled LayerNorm, a (C x hw) @ (hw x 1) bmm, twice
-        c["conv1d"] += b * 2 * ch * 3  # ECA
+        c["conv1d"] += b * 2 * ch * 3  # ECA (BiAttn's spatial mean is a reduction: not counted)
         ldc(ch, t, b)
         ssm_core(ch, h, w, b)
 

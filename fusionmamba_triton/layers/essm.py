@@ -1,0 +1,98 @@
+"""ESSM: the SS2D state-space block with the efficient skip-sampled 2D scan (ES2D),
+docs/fusionmamba_spec.md §3. Tensors outside the block are channels-last (B, h, w, C).
+
+Parameter names (`x_proj_weight`, `dt_projs_weight`, `A_logs`, `Ds`, ...) and their
+registration order are fixed by the official checkpoints.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import es2d_merge, es2d_scan, selective_scan
+from .common import check_backend_name
+
+NUM_GROUPS = 4  # ES2D scans the four parity sub-grids
+
+
+def register_ssm_parameters(module: nn.Module, d_inner: int, dt_rank: int, d_state: int,
+                            dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
+    """Register on `module`, in checkpoint order: x_proj_weight (4, R + 2N, D),
+    dt_projs_weight (4, D, R), dt_projs_bias (4, D), A_logs (4D, N), Ds (4D,)."""
+    k = NUM_GROUPS
+    x_bound = d_inner ** -0.5  # nn.Linear's default init for a D -> R + 2N projection
+    module.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner).uniform_(-x_bound, x_bound))
+    dt_bound = dt_rank ** -0.5
+    module.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank).uniform_(-dt_bound, dt_bound))
+    dt = torch.exp(torch.rand(k, d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    module.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus of dt
+    a_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(k * d_inner, 1)
+    module.A_logs = nn.Parameter(a_log)
+    module.Ds = nn.Parameter(torch.ones(k * d_inner))
+
+
+def es2d_selective_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
+                        dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
+                        backend: str = "auto") -> torch.Tensor:
+    """ES2D gather -> per-group projections -> 4-group selective scan -> merge.
+
+    x: (B, D, h, w) channels-first (any strides); returns (B, h, w, D) in x's dtype, channels-last for
+    `out_norm`. The scan itself runs in fp32.
+    """
+    batch, d_inner, h, w = x.shape
+    dt_rank = dt_projs_weight.shape[-1]
+    d_state = A_logs.shape[-1]
+    xs = es2d_scan(x, step=2, backend=backend)  # (B, 4, D, L')
+    length = xs.shape[-1]
+    x_dbl = torch.matmul(x_proj_weight, xs)  # (B, 4, R + 2N, L'), W_x[k] @ xs_k per group
+    dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
+    dts = torch.matmul(dt_projs_weight, dts)  # (B, 4, D, L'); the dt bias goes into the scan
+    ys = selective_scan(
+        xs.reshape(batch, NUM_GROUPS * d_inner, length).float(),
+        dts.reshape(batch, NUM_GROUPS * d_inner, length).float(),
+        -torch.exp(A_logs.float()),
+        Bs.float().contiguous(),
+        Cs.float().contiguous(),
+        D=Ds.float(),
+        delta_bias=dt_projs_bias.float().view(-1),
+        delta_softplus=True,
+        backend=backend,
+    )
+    y = es2d_merge(ys.view(batch, NUM_GROUPS, d_inner, length), h, w, step=2, backend=backend, channels_last=True)
+    return y.to(x.dtype)
+
+
+class SS2D(nn.Module):
+    """ESSM, (B, h, w, C) -> (B, h, w, C).
+
+    in_proj C -> 2D split into x and gate z; x -> depthwise 3x3 conv -> SiLU -> ES2D selective
+    scan -> out_norm; times SiLU(z); out_proj D -> C. D = 2C, R = ceil(C/16).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, expand: int = 2, dropout: float = 0.0,
+                 backend: str = "auto"):
+        super().__init__()
+        self.d_model = d_model
+        self.d_inner = d_inner = expand * d_model
+        register_ssm_parameters(self, d_inner, math.ceil(d_model / 16), d_state)
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=3, padding=1, groups=d_inner, bias=True)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.backend = check_backend_name(backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.d_inner
+        # Two half-width matmuls instead of one and a split: both halves come out contiguous.
+        xc = F.linear(x, self.in_proj.weight[:d])
+        z = F.silu(F.linear(x, self.in_proj.weight[d:]))
+        xc = F.silu(self.conv2d(xc.permute(0, 3, 1, 2)))
+        y = es2d_selective_scan(xc, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias,
+                                self.A_logs, self.Ds, self.backend)
+        y = self.out_norm(y) * z
+        return self.dropout(self.out_proj(y))

@@ -13,7 +13,6 @@ TEST_REQUIRES = [
     "scikit-image>=0.19",
     "sewar>=0.4.5",
     "pytorch-msssim>=1.0",
-    "PyWavelets>=1.1",
 ]
 BENCH_REQUIRES = ["pytest-benchmark>=4", "matplotlib>=3.5"]
 
@@ -41,6 +40,8 @@ setup(
         "einops>=0.6",
         "numpy>=1.22",
         "pillow>=9",
+        "scipy>=1.8",
+        "PyWavelets>=1.1",
         "safetensors>=0.4",
         "tqdm>=4.60",
     ],

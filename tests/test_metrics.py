@@ -90,16 +90,6 @@ def test_rejects_bad_images(triple):
         evaluate(a > 0, b, f, ["en"])
 
 
-def test_default_set_skips_fmi_w_without_pywavelets(triple, monkeypatch):
-    from fusionmamba_triton.metrics import api
-
-    real_find_spec = api.importlib.util.find_spec
-    monkeypatch.setattr(api.importlib.util, "find_spec", lambda name: None if name == "pywt" else real_find_spec(name))
-    with pytest.warns(UserWarning, match="fmi_w"):
-        names = api._resolve_metrics(None)
-    assert names == [m for m in METRICS if m != "fmi_w"]
-
-
 def test_warns_on_unit_scale_images(triple):
     a, b, f = (x / 255.0 for x in triple)
     with pytest.warns(UserWarning, match="0-255"):
@@ -419,8 +409,6 @@ def _fmi_by_loops(a, b, f, feature):
     + [("wavelet", "mean")],  # the dmey feature image is large: one case
 )
 def test_fmi_matches_window_loops(feature, fusion):
-    if feature == "wavelet":
-        pytest.importorskip("pywt")
     a = smooth_image((19, 23), 13, sigma=1.0)
     b = smooth_image((19, 23), 14, sigma=1.5)
     b[:, :6] = 80.0  # constant patches exercise the degenerate windows
@@ -478,7 +466,6 @@ def _load_grey(path):
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="shared sample data not present")
 @pytest.mark.parametrize("pair", [("tno", "ir", "vi", "10.png"), ("mri_ct", "CT", "MRI", "11.png")], ids=["tno", "mri_ct"])
 def test_real_pair_average_fusion_is_sane(pair):
-    pytest.importorskip("pywt")
     folder, mod_a, mod_b, name = pair
     a = _load_grey(os.path.join(SHARED_DATA, folder, mod_a, name))
     b = _load_grey(os.path.join(SHARED_DATA, folder, mod_b, name))

@@ -1,7 +1,6 @@
 """`evaluate`: input checking, colour handling and metric dispatch for one (A, B, F) triple."""
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from typing import Callable, Iterable
 
@@ -38,7 +37,6 @@ METRICS = tuple(_METRIC_FUNCTIONS)
 # so what the MATLAB-family "FMI_pixel" and MEFB "FMI" columns report).
 ALIASES = {"fmi": "fmi_edge"}
 COLOUR_MODES = ("y", "per_channel")
-_OPTIONAL_DEPENDENCIES = {"fmi_w": "pywt"}
 
 
 def _to_array(name: str, x) -> np.ndarray:
@@ -67,14 +65,7 @@ def rgb_to_y(x: np.ndarray) -> np.ndarray:
 
 def _resolve_metrics(metrics: Iterable[str] | str | None) -> list[str]:
     if metrics is None:
-        names = []
-        for name in METRICS:
-            module = _OPTIONAL_DEPENDENCIES.get(name)
-            if module and importlib.util.find_spec(module) is None:
-                warnings.warn(f"skipping {name}: it needs the optional package {module}", stacklevel=3)
-                continue
-            names.append(name)
-        return names
+        return list(METRICS)
     if isinstance(metrics, str):
         metrics = [metrics]
     names = list(metrics)

@@ -10,6 +10,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pywt
 import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
@@ -48,10 +49,6 @@ def fmi_feature(x: np.ndarray, feature: str) -> np.ndarray:
     if feature == "dct":
         return scipy.fft.dctn(x, norm="ortho")
     if feature == "wavelet":
-        try:
-            import pywt
-        except ImportError as err:  # optional dependency, only for this feature
-            raise ImportError("FMI with the 'wavelet' feature (fmi_w) needs PyWavelets: pip install PyWavelets") from err
         approx, (horiz, vert, diag) = pywt.dwt2(x, "dmey", mode="symmetric")
         tiled = np.block([[approx, horiz], [vert, diag]])
         lo, hi = tiled.min(), tiled.max()

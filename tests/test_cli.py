@@ -13,18 +13,12 @@ import torch
 from fusionmamba_triton.cli import main
 from fusionmamba_triton.imaging import load_image, sample_pair, save_image
 from fusionmamba_triton.model import FusionMamba
+from tests.helpers import TINY
 
-TINY = dict(dims=[8, 16, 32, 64], dims_decoder=[64, 32, 16, 8], depths=[1, 1, 1, 1], depths_decoder=[1, 1, 1, 1])
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

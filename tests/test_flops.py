@@ -6,8 +6,8 @@ import torch
 
 from fusionmamba_triton.flops import count_flops, count_hook_macs
 from fusionmamba_triton.model import FusionMamba
+from tests.helpers import TINY
 
-TINY = dict(dims=[8, 16, 32, 64], dims_decoder=[64, 32, 16, 8], depths=[1, 1, 1, 1], depths_decoder=[1, 1, 1, 1])
 N_STATE = 16
 
 

@@ -6,17 +6,9 @@ import torch
 from fusionmamba_triton.fuse import fuse, load_model, split_colour
 from fusionmamba_triton.imaging import rgb_to_ycbcr
 from fusionmamba_triton.model import FusionMamba
+from tests.helpers import TINY
 
-TINY = dict(dims=[8, 16, 32, 64], dims_decoder=[64, 32, 16, 8], depths=[1, 1, 1, 1], depths_decoder=[1, 1, 1, 1])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is small and shared; one intra-op thread is much faster than oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MeanModel(torch.nn.Module):

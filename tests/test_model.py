@@ -7,9 +7,9 @@ import torch
 
 from fusionmamba_triton.layers import CMFM, LDC, SS2D
 from fusionmamba_triton.model import PRESETS, FusionMamba, infer_config
+from tests.helpers import TINY
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-TINY = dict(dims=[8, 16, 32, 64], depths=[1, 1, 1, 1], depths_decoder=[1, 1, 1, 1], dims_decoder=[64, 32, 16, 8])
 
 
 @pytest.fixture(scope="module")

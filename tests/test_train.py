@@ -14,18 +14,11 @@ from fusionmamba_triton.data import PairDataset, find_pairs, find_task_dirs
 from fusionmamba_triton.imaging import save_image
 from fusionmamba_triton.model import FusionMamba
 from fusionmamba_triton.train import TrainConfig, lr_factor, train
+from tests.helpers import TINY
 
-TINY = dict(dims=[8, 16, 32, 64], dims_decoder=[64, 32, 16, 8], depths=[1, 1, 1, 1], depths_decoder=[1, 1, 1, 1])
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is small and shared; one intra-op thread is much faster than oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -12,7 +12,10 @@ BACKENDS = ("auto", "reference", "torch", "triton")
 
 @functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install counts as absent
+        return False
 
 
 def interpreter_enabled() -> bool:

@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 from .data import TASKS, find_pairs, find_task_dirs, list_images
-from .fuse import AUTOCAST_DTYPES, COLOUR_SOURCES
-from .imaging import IMAGE_EXTENSIONS, atomic_write, load_image
+from .inference import AUTOCAST_DTYPES, COLOUR_SOURCES
+from .files import atomic_write
+from .imaging import IMAGE_EXTENSIONS, load_image
 
 METHODS = ("model", "average", "max", "laplacian")
 
@@ -158,7 +159,7 @@ def cmd_fuse(args) -> int:
     colour_source = args.colour_source or (TASKS[args.task].colour_source if args.task else "auto")
 
     if args.method == "model":
-        from .fuse import default_weights, fuse, load_model
+        from .inference import default_weights, fuse, load_model
         from .model import BUNDLED_CHECKPOINTS, DEFAULT_CHECKPOINT
 
         device = _device(args.device)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SAMPLES_DIR = Path(__file__).parent / "assets" / "samples"
@@ -95,20 +96,6 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     if fmt is None:
         raise ValueError(f"{path}: unknown image format {path.suffix!r}; use one of {', '.join(IMAGE_EXTENSIONS)}")
     atomic_write(path, lambda f: Image.fromarray(image).save(f, format=fmt))
-
-
-def atomic_write(path: str | os.PathLike, write, mode: str = "wb") -> None:
-    """Call write(file) on a temporary file next to `path`, then rename it to `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def rgb_to_ycbcr(rgb):

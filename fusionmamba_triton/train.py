@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from .data import PairDataset, check_pair_sizes, find_pairs, to_grey
-from .imaging import atomic_write, load_image
+from .files import atomic_write
+from .imaging import load_image
 
 SCHEDULES = ("official", "cosine", "constant")
 AMP_MODES = ("none", "fp16", "bf16")
@@ -158,7 +159,7 @@ def build_model(config: TrainConfig, device: torch.device):
 
 def validate(model, pairs, metric_names) -> dict:
     """Mean of each metric over the validation pairs (fused on Y, metrics on the 0-255 scale)."""
-    from .fuse import fuse
+    from .inference import fuse
     from .metrics import evaluate
 
     totals: dict[str, float] = {}

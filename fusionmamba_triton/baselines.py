@@ -1,7 +1,7 @@
 """Classical fusion rules to compare against: pixel average, pixel maximum and Laplacian pyramid.
 
 Each is a function fuser(a, b, *, colour_source="auto") with the same image conventions as
-fusionmamba_triton.fuse.fuse: it fuses the Y channel and keeps the colour source's Cb/Cr.
+fusionmamba_triton.inference.fuse: it fuses the Y channel and keeps the colour source's Cb/Cr.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fuse import fuse_luma
+from .inference import fuse_luma
 
 # Burt & Adelson's 5-tap binomial filter.
 _KERNEL_1D = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=torch.float64) / 16.0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fusionmamba_triton import inference
 from fusionmamba_triton.cli import main
 from fusionmamba_triton.imaging import load_image, sample_pair, save_image
 from fusionmamba_triton.model import FusionMamba
@@ -86,7 +87,7 @@ def test_fuse_folders_with_a_baseline_succeeds(tmp_path, folders):
 
 
 def test_fuse_without_weights_refuses_plainly(tmp_path, folders, capsys, monkeypatch):
-    monkeypatch.setattr("fusionmamba_triton.fuse.default_weights", lambda task="ir-vis": None)  # an install without it
+    monkeypatch.setattr(inference, "default_weights", lambda task="ir-vis": None)  # an install without the bundled weights
     vi, ir = folders
     out = tmp_path / "fused.png"
     assert main(["fuse", str(vi / "a1.png"), str(ir / "a1.jpg"), "-o", str(out)]) == 1

@@ -1,9 +1,11 @@
 """fuse(): any size, grey or colour, tiles, and clear errors for bad input."""
+
 import numpy as np
 import pytest
 import torch
 
-from fusionmamba_triton.fuse import fuse, load_model, split_colour
+from fusionmamba_triton import inference
+from fusionmamba_triton.inference import fuse, load_model, split_colour
 from fusionmamba_triton.imaging import rgb_to_ycbcr
 from fusionmamba_triton.model import FusionMamba
 from tests.helpers import TINY
@@ -168,7 +170,7 @@ def test_split_colour_gives_y_and_chroma():
 
 
 def test_load_model_errors(tmp_path, model, monkeypatch):
-    monkeypatch.setattr("fusionmamba_triton.fuse.default_weights", lambda task="ir-vis": None)  # an install without it
+    monkeypatch.setattr(inference, "default_weights", lambda task="ir-vis": None)  # an install without the bundled weights
     with pytest.raises(ValueError, match="--weights"):
         load_model(None)
     with pytest.raises(ValueError, match="missing.safetensors"):

@@ -131,7 +131,7 @@ def test_train_checkpoint_and_resume_match_a_straight_run(dataset_dir, tmp_path)
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     assert log[-2]["lr"] == pytest.approx(0.75e-4)
     assert torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["step"] == 3
-    from fusionmamba_triton.fuse import load_model
+    from fusionmamba_triton.inference import load_model
 
     assert load_model(tmp_path / "straight" / "last.pt").config["dims"] == TINY["dims"]  # usable as --weights
 

@@ -6,7 +6,7 @@ Two presets, all images (B, 1, H, W) in [0, 1]:
   L_int  = mean |I_f - max(I_1, I_2)|                       (the L1 norm / HW, averaged over the batch)
   L_text = mean | |grad I_f| - max(|grad I_1|, |grad I_2|) |
   L_ssim = 1/2 (1 - SSIM(I_1, I_f)) + 1/2 (1 - SSIM(I_2, I_f)), Wang SSIM (Gaussian 11/1.5, L = 1).
-* "official" (the authors' training code): 10 * L_ssim + 10 * L_int + 1 * L_text with
+* "official" (the default; the authors' training code): 10 * L_ssim + 10 * L_int + 1 * L_text with
   L_int  = mean (I_f - max(I_1, I_2))^2
   L_ssim = 1/2 (1 - MS-SSIM(I_1, I_f)) + 1/2 (1 - MS-SSIM(I_2, I_f)), a correct 5-scale MS-SSIM
   (the bundled official version multiplies the last-scale SSIM in four times).
@@ -68,7 +68,7 @@ class FusionLoss(nn.Module):
     """Weighted FusionMamba loss. forward(fused, img1, img2), each (B, 1, H, W) in [0, 1], returns
     (total, {"intensity", "texture", "ssim": detached scalar tensors})."""
 
-    def __init__(self, preset: str = "paper"):
+    def __init__(self, preset: str = "official"):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")

@@ -25,6 +25,7 @@ def test_presets_and_validation():
     with pytest.raises(ValueError, match="preset"):
         FusionLoss("tang")
     loss = FusionLoss()
+    assert loss.preset == "official"  # the authors' training code, like the CLI's --loss default
     a, b, f = images()
     with pytest.raises(ValueError, match="img2 must have shape"):
         loss(f, a, b[:, 0])

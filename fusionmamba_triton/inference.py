@@ -32,20 +32,23 @@ def default_weights(task: str = "ir-vis") -> Path | None:
 def load_model(weights=None, *, preset: str | None = None, device="cpu", backend: str = "auto",
                allow_untrained: bool = False, task: str = "ir-vis"):
     """A FusionMamba in eval mode on `device`, from `weights` (file, save_pretrained folder or training
-    checkpoint), else the bundled checkpoint for `task`.
+    checkpoint), else the bundled checkpoint for `task` (only when `preset` is None or the bundled
+    checkpoint's own preset: its weights fit no other).
 
     Without any weights it raises, unless allow_untrained=True builds a randomly initialised model
     of `preset` (its output is meaningless; for smoke tests only).
     """
-    from .model import FusionMamba
+    from .model import DEFAULT_CHECKPOINT, FusionMamba
 
-    weights = weights if weights is not None else default_weights(task)
+    if weights is None and preset in (None, DEFAULT_CHECKPOINT):
+        weights = default_weights(task)
     if weights is None:
         if not allow_untrained:
+            missing = (f"there are no bundled weights for preset {preset!r}" if preset not in (None, DEFAULT_CHECKPOINT)
+                       else "the bundled FusionMamba checkpoint is missing from this installation")
             raise ValueError(
-                "no trained weights: the bundled FusionMamba checkpoint is missing from this installation and an untrained model "
-                "gives meaningless output; pass --weights PATH (e.g. OUT/final from `fusionmamba train`) or use "
-                "a classical method, e.g. --method average"
+                f"no trained weights: {missing} and an untrained model gives meaningless output; pass --weights PATH "
+                "(e.g. OUT/final from `fusionmamba train`) or use a classical method, e.g. --method average"
             )
         model = FusionMamba.from_preset(preset or "base", backend=backend)
     else:

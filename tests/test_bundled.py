@@ -75,3 +75,10 @@ def test_cli_fuse_without_weights_uses_it_and_says_so(tmp_path, capsys):
     fused = load_image(out)
     assert fused.shape == load_image(a_path).shape
     assert os.path.getsize(out) > 0
+
+
+def test_other_presets_do_not_get_the_bundled_weights():
+    """The bundled checkpoint is the small preset; asking for another preset without weights says so."""
+    with pytest.raises(ValueError, match="no bundled weights for preset 'base'.*--weights"):
+        load_model(None, preset="base")
+    assert load_model(None, preset="small").config["dims"] == [32, 64, 128, 256]

@@ -81,4 +81,4 @@ def test_other_presets_do_not_get_the_bundled_weights():
     """The bundled checkpoint is the small preset; asking for another preset without weights says so."""
     with pytest.raises(ValueError, match="no bundled weights for preset 'base'.*--weights"):
         load_model(None, preset="base")
-    assert load_model(None, preset="small").config["dims"] == [32, 64, 128, 256]
+    assert load_model(None, preset="small").config["dims"] == [16, 32, 64, 128]

@@ -100,7 +100,7 @@ def test_fuse_without_weights_refuses_plainly(tmp_path, folders, capsys, monkeyp
 def test_fuse_wrong_checkpoint_names_the_file(tmp_path, folders, capsys):
     vi, ir = folders
     wide = tmp_path / "wide"
-    FusionMamba(**{**TINY, "dims": [16, 32, 64, 128], "dims_decoder": [128, 64, 32, 16]}).save_pretrained(wide)
+    FusionMamba(**{**TINY, "dims": [24, 48, 96, 192], "dims_decoder": [192, 96, 48, 24]}).save_pretrained(wide)
     out = tmp_path / "fused.png"
     assert main(["fuse", str(vi / "a1.png"), str(ir / "a1.jpg"), "-o", str(out), "--weights", str(wide),
                  "--preset", "small", "--device", "cpu"]) == 1

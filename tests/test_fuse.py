@@ -176,7 +176,7 @@ def test_load_model_errors(tmp_path, model, monkeypatch):
     with pytest.raises(ValueError, match="missing.safetensors"):
         load_model(tmp_path / "missing.safetensors")
     torch.manual_seed(0)
-    FusionMamba(**{**TINY, "dims": [16, 32, 64, 128], "dims_decoder": [128, 64, 32, 16]}).save_pretrained(tmp_path / "wide")
+    FusionMamba(**{**TINY, "dims": [24, 48, 96, 192], "dims_decoder": [192, 96, 48, 24]}).save_pretrained(tmp_path / "wide")
     with pytest.raises(ValueError, match="wide"):
         load_model(tmp_path / "wide", preset="small")
     model.save_pretrained(tmp_path / "tiny")

@@ -143,7 +143,7 @@ def test_presets():
     assert set(PRESETS) >= {"base", "tiny", "small"}
     with torch.device("meta"):
         small = FusionMamba.from_preset("small", d_state=8)
-    assert small.config["dims"] == [32, 64, 128, 256] and small.config["dims_decoder"] == [256, 128, 64, 32]
+    assert small.config["dims"] == [16, 32, 64, 128] and small.config["dims_decoder"] == [128, 64, 32, 16]
     assert small.config["depths"] == [1, 1, 1, 1] and small.config["depths_decoder"] == [1, 1, 1, 1]
     assert small.config["d_state"] == 8
     assert "d_state" not in PRESETS["small"]  # overrides do not leak into the registry

@@ -186,7 +186,7 @@ def test_cli_train_bad_input_is_one_line(dataset_dir, tmp_path, capsys):
     (dataset_dir / "ir" / "odd.png").unlink()
 
     wrong = tmp_path / "wrong.pt"
-    wide = {**TINY, "dims": [16, 32, 64, 128], "dims_decoder": [128, 64, 32, 16]}
+    wide = {**TINY, "dims": [24, 48, 96, 192], "dims_decoder": [192, 96, 48, 24]}
     torch.save({"model": FusionMamba(**wide).state_dict(), "step": 1}, wrong)
     assert main(base + ["--resume", str(wrong)]) == 1
     err = capsys.readouterr().err.strip()

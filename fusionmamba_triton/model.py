@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .files import atomic_write
-from .layers import CMFM, DFFM, LDC, SS2D, DVSSLayer, FinalPatchExpand, PatchEmbed, check_backend_name
+from .layers import CMFM, DFFM, LDC, SS2D, DVSSLayer, FinalPatchExpand, PatchEmbed
+from .ops import check_backend_name
 
 PRESETS: dict[str, dict] = {
     "base": dict(dims=[96, 192, 384, 768], depths=[2, 2, 9, 2], depths_decoder=[2, 9, 2, 2],

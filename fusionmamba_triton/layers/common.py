@@ -1,17 +1,8 @@
-"""Small pieces shared by the layers: stochastic depth and backend-name validation."""
+"""Small pieces shared by the layers: stochastic depth."""
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from ..ops import BACKENDS
-
-
-def check_backend_name(backend: str) -> str:
-    """Return `backend` if it names an op backend, else raise a ValueError listing the choices."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
 
 
 class DropPath(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ECA
-from .common import check_backend_name
+from ..ops import check_backend_name
 from .essm import es2d_selective_scan, register_ssm_parameters
 from .ldc import LDC
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import es2d_merge, es2d_scan, selective_scan
-from .common import check_backend_name
+from ..ops import check_backend_name
 
 NUM_GROUPS = 4  # ES2D scans the four parity sub-grids
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import ldc_conv2d
-from .common import check_backend_name
+from ..ops import check_backend_name, ldc_conv2d
 
 
 class LDC(nn.Module):

@@ -32,13 +32,19 @@ def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
     return next(iter(devices.values()))
 
 
+def check_backend_name(backend: str) -> str:
+    """Return `backend` if it names a backend, else raise a ValueError listing the choices."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Map a backend name to "reference", "torch" or "triton" for tensors on `device`.
 
     "auto" picks triton for CUDA tensors (when triton is installed) and torch otherwise.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend_name(backend)
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
     if backend == "triton":

@@ -36,6 +36,7 @@ setup(
     package_data={"fusionmamba_triton": ["assets/*", "assets/**/*"]},
     install_requires=[
         "torch>=2.1",
+        "numba>=0.59",  # the compiled CPU selective scan
         "triton>=3.0; platform_system == 'Linux'",
         "einops>=0.6",
         "numpy>=1.22",

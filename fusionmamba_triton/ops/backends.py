@@ -7,7 +7,7 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "reference", "torch", "triton")
+BACKENDS = ("auto", "reference", "torch", "numba", "triton")
 
 
 @functools.lru_cache(maxsize=None)
@@ -15,6 +15,14 @@ def triton_available() -> bool:
     try:
         return importlib.util.find_spec("triton") is not None
     except (ImportError, ValueError):  # a broken or half-removed install counts as absent
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def numba_available() -> bool:
+    try:
+        return importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError):
         return False
 
 
@@ -39,14 +47,28 @@ def check_backend_name(backend: str) -> str:
     return backend
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map a backend name to "reference", "torch" or "triton" for tensors on `device`.
+def resolve_backend(backend: str, device: torch.device, has_cpu_kernel: bool = False) -> str:
+    """Map a backend name to "reference", "torch", "numba" or "triton" for tensors on `device`.
 
-    "auto" picks triton for CUDA tensors (when triton is installed) and torch otherwise.
+    "auto" picks triton for CUDA tensors (when triton is installed), the op's compiled CPU kernel ("numba")
+    for CPU tensors when the op has one (`has_cpu_kernel`) and numba is installed, and torch otherwise.
+    "numba" on an op without a CPU kernel means its torch path.
     """
     check_backend_name(backend)
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        if device.type == "cuda" and triton_available():
+            return "triton"
+        if device.type == "cpu" and has_cpu_kernel and numba_available():
+            return "numba"
+        return "torch"
+    if backend == "numba":
+        if not has_cpu_kernel:
+            return "torch"
+        if device.type != "cpu":
+            raise RuntimeError(f"numba backend runs on CPU tensors, got tensors on {device}; use backend='auto'")
+        if not numba_available():
+            raise RuntimeError("numba backend needs the numba package (pip install numba); use backend='torch'")
+        return backend
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("triton backend needs the triton package (pip install triton); use backend='torch'")

@@ -6,7 +6,7 @@ Shapes (mamba-ssm's `selective_scan_fn` layout):
     D, delta_bias: (D,) fp32         out: (batch, D, L) in u's dtype; last_state: (batch, D, N) fp32
 
 Backends: "reference" (selective_scan_ref, one step at a time), "torch" (selective_scan_torch, chunked,
-any device), "triton" (kernels/selective_scan.py). All run through one torch.library op,
+any device), "numba" (kernels/selective_scan_cpu.py, compiled for CPUs), "triton" (kernels/selective_scan.py). All run through one torch.library op,
 fusionmamba::selective_scan, which carries the autograd formula and the FLOP count.
 """
 from __future__ import annotations
@@ -225,7 +225,12 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return _finish(y, u_f, D, z, acc).to(u.dtype), torch.cat(lasts, 1)
 
 
-def _n_chunks(length: int) -> int:
+def _n_chunks(backend: str, length: int) -> int:
+    """How many chunk states the forward of `backend` saves for a sequence of `length` steps."""
+    if backend == "numba":
+        from fusionmamba_triton.kernels.selective_scan_cpu import n_chunks
+
+        return n_chunks(length)
     from fusionmamba_triton.kernels.selective_scan import CHUNK
 
     return math.ceil(length / CHUNK)
@@ -240,36 +245,47 @@ def _scan_impl(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus, dis
 @torch.library.custom_op("fusionmamba::selective_scan", mutates_args=())
 def selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                       D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                      delta_softplus: bool, discretization: str, backend: str
+                      delta_softplus: bool, discretization: str, backend: str, save_states: bool
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One graph node for every backend: (out, last_state, chunk_states).
 
-    chunk_states (batch, n_chunks, D, N) fp32 are the Triton forward's saved states (empty for the
-    other backends); the backward recomputes from them.
+    chunk_states are the states the "triton" forward (batch, n_chunks, D, N) and, when save_states, the
+    "numba" forward (batch, D, n_chunks, N) keep for their backward, which recomputes from them; empty
+    for the other backends.
     """
     if backend == "triton":
         from fusionmamba_triton.kernels.selective_scan import selective_scan_fwd
 
         return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization)
+    if backend == "numba":
+        from fusionmamba_triton.kernels.selective_scan_cpu import selective_scan_fwd
+
+        return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization, save_states)
     out, last = _scan_impl(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization)
     return out, last.float() if last.dtype != torch.float64 else last, u.new_empty(0, dtype=torch.float32)
 
 
 @selective_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization, backend):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization, backend, save_states):
     batch, dim, length = u.shape
-    state_dtype = torch.float64 if u.dtype == torch.float64 and backend != "triton" else torch.float32
-    last = u.new_empty(batch, dim, A.shape[1], dtype=state_dtype)
+    dstate = A.shape[1]
+    state_dtype = torch.float64 if u.dtype == torch.float64 and backend in ("reference", "torch") else torch.float32
+    last = u.new_empty(batch, dim, dstate, dtype=state_dtype)
     if backend == "triton":
-        return u.new_empty(u.shape), last, u.new_empty(batch, _n_chunks(length), dim, A.shape[1], dtype=torch.float32)
-    return u.new_empty(u.shape), last, u.new_empty(0, dtype=torch.float32)
+        states = u.new_empty(batch, _n_chunks(backend, length), dim, dstate, dtype=torch.float32)
+    elif backend == "numba":
+        shape = (batch, dim, _n_chunks(backend, length), dstate) if save_states else (0, 0, 0, 0)
+        states = u.new_empty(shape, dtype=torch.float32)
+    else:
+        states = u.new_empty(0, dtype=torch.float32)
+    return u.new_empty(u.shape), last, states
 
 
 _TENSOR_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, ctx.delta_softplus, ctx.discretization, ctx.backend = inputs
+    *tensors, ctx.delta_softplus, ctx.discretization, ctx.backend, _ = inputs
     ctx.save_for_backward(*tensors, output[2])
     ctx.set_materialize_grads(False)  # an unused last_state gets no gradient, not a tensor of zeros
 
@@ -282,6 +298,13 @@ def _backward(ctx, dout, dlast, _dchunk_states):
         from fusionmamba_triton.kernels.selective_scan import selective_scan_bwd
 
         grads = selective_scan_bwd(dout, dlast, *tensors, chunk_states, ctx.delta_softplus, ctx.discretization)
+    elif ctx.backend == "numba":
+        from fusionmamba_triton.kernels.selective_scan_cpu import selective_scan_bwd, selective_scan_fwd
+
+        if chunk_states.numel() == 0:  # the forward ran without saving them (no input needed a gradient then)
+            _, _, chunk_states = selective_scan_fwd(*tensors, ctx.delta_softplus, ctx.discretization, save_states=True)
+        grads = selective_scan_bwd(dout, dlast, *tensors, chunk_states, ctx.delta_softplus, ctx.discretization)
+        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad)]
     else:  # recompute, then differentiate the reference / torch implementation with autograd
         wanted = [t is not None and need for t, need in zip(tensors, ctx.needs_input_grad)]
         with torch.enable_grad():
@@ -293,7 +316,7 @@ def _backward(ctx, dout, dlast, _dchunk_states):
             leaves = [t for t, w in zip(inputs, wanted) if w]
             found = iter(torch.autograd.grad(outputs, leaves, grad_outputs, materialize_grads=True))
         grads = [next(found) if w else None for w in wanted]
-    return (*grads, None, None, None)
+    return (*grads, None, None, None, None)
 
 
 selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
@@ -318,9 +341,16 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Selective scan with a choice of implementation; see the module docstring for shapes.
 
     Every backend runs as the single op torch.ops.fusionmamba.selective_scan (seen as one node by
-    torch.compile and counted by FlopCounterMode).
+    torch.compile and counted by FlopCounterMode). "numba" computes in fp32, so "auto" sends float64
+    CPU inputs to "torch".
     """
     check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, discretization)
-    impl = resolve_backend(backend, u.device)
-    out, last, _ = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), discretization, impl)
+    impl = resolve_backend(backend, u.device, has_cpu_kernel=True)
+    if impl == "numba" and u.dtype == torch.float64:
+        if backend == "numba":
+            raise TypeError("the numba backend computes in float32; use backend='torch' or 'reference' for float64")
+        impl = "torch"
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    out, last, _ = selective_scan_op(*tensors, bool(delta_softplus), discretization, impl, save_states)
     return (out, last) if return_last_state else out

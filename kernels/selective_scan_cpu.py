@@ -2,21 +2,23 @@
 
 One work item owns whole channels: the state h (N values) stays in registers / L1 while the loop
 walks the sequence once, reading u, delta, B and C and writing y, so nothing of size (batch, D, L, N)
-is ever materialised. The N-loop vectorises (16 fp32 lanes on AVX-512) because exp() is computed
-inline as 2^k * p(f) instead of a scalar libm call.
+is ever materialised. The N-loop runs in blocks of LANES = 16 states (one AVX-512 vector) and
+vectorises because exp, softplus and sigmoid are computed inline (_exp: 2^k * p(f)) instead of
+scalar libm calls, and the discretisation is a compile-time constant (one kernel each).
 
 The forward optionally saves the state entering every CHUNK steps; the backward walks each channel's
 chunks in reverse, recomputes the chunk's states from the saved one, and runs the reverse recurrence
 dh_{t-1} = a_t * dh_t + C_{t-1} * dy_{t-1} (the design of the Triton kernel in selective_scan.py).
 
-Layouts (all C-contiguous fp32; fusionmamba_triton/ops/selective_scan.py prepares them):
-    u, delta, z, out, du, ddelta, dz, dout: (batch, D, L)        A: (D, N)     D_skip, bias: (D,)
-    B, C: (batch_b, G, L_b, N), time-major so the N-loop is contiguous; channel d of batch row b at
-      time t reads B[b * b_batch, d // b_div, t * b_time]:
-        constant (D, N)   -> (1, D, 1, N),  b_batch = 0, b_div = 1,       b_time = 0
+Layouts (all C-contiguous fp32; the launchers below prepare them from torch tensors):
+    u, delta, z, out, du, ddelta, dz, dout: (batch, D, L)     A: (D, N)     D_skip, bias: (D,)
+    B, C: (batch_b, G, L_b, N), time-major so that the N-loop is contiguous; channel d of batch row b
+      at time t reads B[b * b_batch, d // b_div, t * b_time]:
+        constant (D, N)    -> (1, D, 1, N),     b_batch = 0, b_div = 1,      b_time = 0
         grouped / variable -> (batch, G, L, N), b_batch = 1, b_div = D // G, b_time = 1
     states: (batch, D, n_chunks, N), the state entering each chunk      last: (batch, D, N)
-Absent optional inputs are passed as empty arrays with their flag False.
+N is zero-padded to a multiple of LANES (A = 0 and B = C = 0 there: those states stay 0 and add
+nothing). Absent optional inputs are passed as empty arrays with their flag False.
 """
 from __future__ import annotations
 
@@ -28,15 +30,18 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-# numba's own thread pool: its OpenMP layer would reset torch's thread count (they share libgomp's
-# settings) and leave spinning threads competing with torch's pool for the cores.
+# numba's own thread pool: its OpenMP layer resets torch's thread count (they share libgomp's settings)
+# and leaves spinning threads that compete with torch's pool for the cores.
 if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 
+LANES = 16
 CHUNK = 64  # steps between saved states: the backward's recompute buffers (2 x CHUNK x N fp32) fit in L1
-_FASTMATH = {"reassoc", "contract"}  # lets LLVM vectorise the sums over N and fuse multiply-adds
+# reassoc/contract: vectorised sums over N and fused multiply-adds. error_model="numpy": no Python
+# ZeroDivisionError check, whose branch stops a loop with a division from vectorising.
+_JIT = dict(fastmath={"reassoc", "contract"}, error_model="numpy")
 
-# exp(f) ~ 1 + f + ... + P6 f^6 on [-ln2/2, ln2/2]: a relative-error fit of our own (max error 2e-9 before
+# exp(f) ~ 1 + f + f^2 P2 + ... + f^6 P6 on [-ln2/2, ln2/2]: a relative-error fit of our own (2e-9 before
 # fp32 rounding), evaluated by Horner's rule.
 _P2, _P3, _P4, _P5, _P6 = 0.49999994, 0.16666432, 0.041668002, 0.0083741592, 0.0013843658
 _LOG2E = 1.4426950408889634
@@ -55,9 +60,9 @@ def _int32_bits_as_float32(typingctx, bits):
     return sig, codegen
 
 
-@numba.njit(inline="always", fastmath=_FASTMATH)
+@numba.njit(inline="always", **_JIT)
 def _exp(x):
-    """float32 exp accurate to ~2 ulp for x in [-87, 88]; inputs outside are clamped (exp(-87) = 1.6e-38)."""
+    """float32 exp within ~2 ulp for x in [-87, 88]; inputs outside are clamped (exp(-87) = 1.6e-38)."""
     x = min(max(x, np.float32(-87.0)), np.float32(88.0))
     k = np.float32(math.floor(x * np.float32(_LOG2E) + np.float32(0.5)))
     f = x - k * np.float32(_LN2_HI) - k * np.float32(_LN2_LO)
@@ -71,16 +76,31 @@ def _exp(x):
     return p * _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
 
 
-@numba.njit(inline="always")
-def _delta(raw, bias, softplus):
-    """(pre-activation, delta) for one step: raw + bias, then softplus (identity above 20) if asked."""
-    pre = raw + bias
-    if softplus and pre <= np.float32(20.0):
-        return pre, np.float32(math.log1p(math.exp(pre)))
-    return pre, pre
+@numba.njit(inline="always", **_JIT)
+def _softplus(x):
+    """log(1 + exp(x)) within 3e-7, the identity above 20 (as torch and mamba-ssm).
+
+    max(x, 0) + log1p(e) with e = exp(-|x|) in (0, 1], and log1p(e) = 2 atanh(s) = 2 (s + s^3/3 + ...),
+    s = e / (2 + e) <= 1/3, truncated after s^13 (error < 2e-8)."""
+    e = _exp(-abs(x))
+    s = e / (np.float32(2.0) + e)
+    w = s * s
+    p = np.float32(1.0 / 13.0)
+    p = p * w + np.float32(1.0 / 11.0)
+    p = p * w + np.float32(1.0 / 9.0)
+    p = p * w + np.float32(1.0 / 7.0)
+    p = p * w + np.float32(1.0 / 5.0)
+    p = p * w + np.float32(1.0 / 3.0)
+    p = p * w + np.float32(1.0)
+    return x if x > np.float32(20.0) else max(x, np.float32(0.0)) + np.float32(2.0) * s * p
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", **_JIT)
+def _sigmoid(x):
+    return np.float32(1.0) / (np.float32(1.0) + _exp(-x))
+
+
+@numba.njit(inline="always", **_JIT)
 def _zoh_gain(dl, a):
     """(exp(dl * a) - 1) / a, with its limit dl at a == 0."""
     if a == np.float32(0.0):
@@ -88,162 +108,203 @@ def _zoh_gain(dl, a):
     return np.float32(math.expm1(dl * a)) / a
 
 
-@numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def scan_fwd(u, delta, A, B, C, D_skip, z, bias, out, last, states,
-             b_batch, b_div, b_time, c_batch, c_div, c_time,
-             has_d, has_z, has_bias, softplus, zoh, save_states):
-    batch, dim, length = u.shape
-    dstate = A.shape[1]
-    for row in numba.prange(batch * dim):
-        b = row // dim
-        d = row - b * dim
-        a_row = A[d]
-        bias_d = bias[d] if has_bias else np.float32(0.0)
-        skip = D_skip[d] if has_d else np.float32(0.0)
-        h = np.zeros(dstate, np.float32)
-        for t in range(length):
-            if save_states and t % CHUNK == 0:
-                states[b, d, t // CHUNK, :] = h
-            _, dl = _delta(delta[b, d, t], bias_d, softplus)
-            ut = u[b, d, t]
-            b_t = B[b * b_batch, d // b_div, t * b_time]
-            c_t = C[c_batch * b, d // c_div, t * c_time]
-            y = np.float32(0.0)
-            if zoh:
-                for n in range(dstate):
-                    decay = _exp(dl * a_row[n])
-                    h[n] = decay * h[n] + _zoh_gain(dl, a_row[n]) * b_t[n] * ut
-                    y += c_t[n] * h[n]
-            else:
-                x = dl * ut
-                for n in range(dstate):
-                    h[n] = _exp(dl * a_row[n]) * h[n] + x * b_t[n]
-                    y += c_t[n] * h[n]
-            y += skip * ut
-            if has_z:
-                zt = z[b, d, t]
-                y *= zt / (np.float32(1.0) + np.float32(math.exp(-zt)))
-            out[b, d, t] = y
-        last[b, d, :] = h
+@numba.njit(inline="always", **_JIT)
+def _step_sizes(delta_row, bias, softplus, out):
+    """out[t] = delta_row[t] + bias, through softplus if asked: one vectorised pass over a row."""
+    if softplus:
+        for t in range(out.shape[0]):
+            out[t] = _softplus(delta_row[t] + bias)
+    else:
+        for t in range(out.shape[0]):
+            out[t] = delta_row[t] + bias
 
 
-@numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def scan_bwd(u, delta, A, B, C, D_skip, z, bias, states, dout, dlast,
-             du, ddelta, dz, dA_rows, dB_part, dC_part, dD_rows, dbias_rows,
-             b_batch, b_div, b_time, c_batch, c_div, c_time, block,
-             has_d, has_z, has_bias, has_dlast, softplus, zoh):
-    """Gradients. Work item (b, k) owns channels k*block .. (k+1)*block of batch row b (never straddling a
-    B/C group). Per-row results: du, ddelta, dz, dA_rows / dD_rows / dbias_rows (batch, D, ...), summed by
-    the caller. dB_part / dC_part: (batch, D, N) per row when B / C is constant (as (batch, D, 1, N)), else (batch, D // block, L, N)
-    per work item, summed over each group's items by the caller."""
-    batch, dim, length = u.shape
-    dstate = A.shape[1]
-    n_blocks = dim // block
-    n_chunks = (length + CHUNK - 1) // CHUNK
-    for item in numba.prange(batch * n_blocks):
-        b = item // n_blocks
-        k = item - b * n_blocks
-        hs = np.empty((CHUNK, dstate), np.float32)  # states h_t of the chunk being walked
-        decays = np.empty((CHUNK, dstate), np.float32)
-        gains = np.empty((CHUNK, dstate), np.float32)
-        pres = np.empty(CHUNK, np.float32)
-        dls = np.empty(CHUNK, np.float32)
-        dh = np.empty(dstate, np.float32)
-        dA_acc = np.empty(dstate, np.float32)
-        dB_acc = np.empty(dstate, np.float32)
-        dC_acc = np.empty(dstate, np.float32)
-        for d in range(k * block, (k + 1) * block):
-            a_row = A[d]
-            bias_d = bias[d] if has_bias else np.float32(0.0)
+def _make_scan_fwd(zoh: bool):
+    """The forward kernel for one discretisation (a compile-time constant: a runtime branch in the
+    N-loop halves its speed)."""
+
+    @numba.njit(parallel=True, cache=True, **_JIT)
+    def scan_fwd(u, delta, A, B, C, D_skip, z, bias, out, last, states,
+                 b_batch, b_div, b_time, c_batch, c_div, c_time, has_d, has_z, has_bias, softplus, save_states):
+        batch, dim, length = u.shape
+        padded = A.shape[1]
+        for row in numba.prange(batch * dim):
+            b = row // dim
+            d = row - b * dim
+            b_row, b_group, c_row, c_group = b * b_batch, d // b_div, b * c_batch, d // c_div
             skip = D_skip[d] if has_d else np.float32(0.0)
-            dD_acc = np.float32(0.0)
-            dbias_acc = np.float32(0.0)
-            dA_acc[:] = 0.0
-            dB_acc[:] = 0.0
-            dC_acc[:] = 0.0
-            if has_dlast:
-                dh[:] = dlast[b, d]
-            else:
-                dh[:] = 0.0
-            for c in range(n_chunks - 1, -1, -1):
-                t0 = c * CHUNK
-                steps = min(CHUNK, length - t0)
-                h_entry = states[b, d, c]
-                # Recompute the chunk's states from its saved entry state.
-                for i in range(steps):
-                    t = t0 + i
-                    pres[i], dls[i] = _delta(delta[b, d, t], bias_d, softplus)
-                    dl = dls[i]
-                    ut = u[b, d, t]
-                    b_t = B[b * b_batch, d // b_div, t * b_time]
-                    for n in range(dstate):
-                        decays[i, n] = _exp(dl * a_row[n])
-                        gains[i, n] = _zoh_gain(dl, a_row[n]) if zoh else dl
-                        prev = hs[i - 1, n] if i > 0 else h_entry[n]
-                        hs[i, n] = decays[i, n] * prev + gains[i, n] * b_t[n] * ut
-                # Walk it backwards.
-                for i in range(steps - 1, -1, -1):
-                    t = t0 + i
-                    dl = dls[i]
-                    ut = u[b, d, t]
-                    b_t = B[b * b_batch, d // b_div, t * b_time]
-                    c_t = C[c_batch * b, d // c_div, t * c_time]
-                    dy = dout[b, d, t]
-                    if has_z:
-                        zt = z[b, d, t]
-                        y = skip * ut
-                        for n in range(dstate):
-                            y += c_t[n] * hs[i, n]
-                        sig = np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-zt)))
-                        dz[b, d, t] = dy * y * sig * (np.float32(1.0) + zt * (np.float32(1.0) - sig))
-                        dy = dy * zt * sig
-                    ddl = np.float32(0.0)
-                    du_t = skip * dy
-                    for n in range(dstate):
-                        hn = hs[i, n]
-                        dh_n = dh[n] + c_t[n] * dy  # total gradient reaching h_t
-                        prev = hs[i - 1, n] if i > 0 else h_entry[n]
-                        g_decay = dh_n * prev * decays[i, n]  # d loss / d(dl * a) through the decay
-                        ddl += g_decay * a_row[n]
-                        dA_acc[n] += g_decay * dl
-                        dx_b = dh_n * b_t[n]
-                        if zoh:
-                            ddl += dx_b * ut * decays[i, n]
-                            if a_row[n] == np.float32(0.0):
-                                dgain_da = np.float32(0.5) * dl * dl
+            steps = np.empty(length, np.float32)
+            _step_sizes(delta[b, d], bias[d] if has_bias else np.float32(0.0), softplus, steps)
+            h = np.zeros(padded, np.float32)
+            for t in range(length):
+                if save_states and t % CHUNK == 0:
+                    states[b, d, t // CHUNK, :] = h
+                dl = steps[t]
+                ut = u[b, d, t]
+                y = skip * ut
+                for n0 in range(0, padded, LANES):
+                    h_v, a_v = h[n0:n0 + LANES], A[d, n0:n0 + LANES]
+                    b_v = B[b_row, b_group, t * b_time, n0:n0 + LANES]
+                    c_v = C[c_row, c_group, t * c_time, n0:n0 + LANES]
+                    if zoh:
+                        for j in range(LANES):
+                            h_v[j] = _exp(dl * a_v[j]) * h_v[j] + _zoh_gain(dl, a_v[j]) * b_v[j] * ut
+                            y += c_v[j] * h_v[j]
+                    else:
+                        x = dl * ut
+                        for j in range(LANES):
+                            h_v[j] = _exp(dl * a_v[j]) * h_v[j] + x * b_v[j]
+                            y += c_v[j] * h_v[j]
+                if has_z:
+                    y *= z[b, d, t] * _sigmoid(z[b, d, t])
+                out[b, d, t] = y
+            last[b, d, :] = h
+
+    return scan_fwd
+
+
+def _make_scan_bwd(zoh: bool):
+    """The backward kernel for one discretisation.
+
+    Work item (b, k) owns channels k*block .. (k+1)*block of batch row b (never straddling a B/C group).
+    Per-row results: du, ddelta, dz, and dA_rows / dD_rows / dbias_rows (batch, D, ...) that the caller
+    sums over the batch. dB_part / dC_part: (batch, D, 1, N) per row when B / C is constant, else
+    (batch, D // block, L, N) per work item, which the caller sums over each group's items."""
+
+    @numba.njit(parallel=True, cache=True, **_JIT)
+    def scan_bwd(u, delta, A, B, C, D_skip, z, bias, states, dout, dlast,
+                 du, ddelta, dz, dA_rows, dB_part, dC_part, dD_rows, dbias_rows,
+                 b_batch, b_div, b_time, c_batch, c_div, c_time, block,
+                 has_d, has_z, has_bias, has_dlast, softplus):
+        batch, dim, length = u.shape
+        padded = A.shape[1]
+        n_blocks = dim // block
+        n_chunks = (length + CHUNK - 1) // CHUNK
+        for item in numba.prange(batch * n_blocks):
+            b = item // n_blocks
+            k = item - b * n_blocks
+            steps = np.empty(length, np.float32)
+            hs = np.empty((CHUNK, padded), np.float32)  # the states h_t of the chunk being walked
+            decays = np.empty((CHUNK, padded), np.float32)
+            dh = np.empty(padded, np.float32)  # the gradient reaching h_t from the steps after t
+            dA_acc = np.empty(padded, np.float32)
+            for d in range(k * block, (k + 1) * block):
+                b_row, b_group, c_row, c_group = b * b_batch, d // b_div, b * c_batch, d // c_div
+                skip = D_skip[d] if has_d else np.float32(0.0)
+                bias_d = bias[d] if has_bias else np.float32(0.0)
+                _step_sizes(delta[b, d], bias_d, softplus, steps)
+                dD_acc = np.float32(0.0)
+                dA_acc[:] = 0.0
+                if b_time == 0:  # constant B / C: accumulate over time straight into this row's output
+                    dB_part[b, d, 0, :] = 0.0
+                if c_time == 0:
+                    dC_part[b, d, 0, :] = 0.0
+                if has_dlast:
+                    dh[:] = dlast[b, d]
+                else:
+                    dh[:] = 0.0
+                for c in range(n_chunks - 1, -1, -1):
+                    t0 = c * CHUNK
+                    n_steps = min(CHUNK, length - t0)
+                    # Recompute the chunk's states from its saved entry state.
+                    for i in range(n_steps):
+                        t = t0 + i
+                        dl = steps[t]
+                        ut = u[b, d, t]
+                        prev = hs[i - 1] if i > 0 else states[b, d, c]
+                        for n0 in range(0, padded, LANES):
+                            h_v, decay_v, prev_v = hs[i, n0:n0 + LANES], decays[i, n0:n0 + LANES], prev[n0:n0 + LANES]
+                            a_v = A[d, n0:n0 + LANES]
+                            b_v = B[b_row, b_group, t * b_time, n0:n0 + LANES]
+                            if zoh:
+                                for j in range(LANES):
+                                    decay_v[j] = _exp(dl * a_v[j])
+                                    h_v[j] = decay_v[j] * prev_v[j] + _zoh_gain(dl, a_v[j]) * b_v[j] * ut
                             else:
-                                dgain_da = (dl * decays[i, n] - gains[i, n]) / a_row[n]
-                            dA_acc[n] += dx_b * ut * dgain_da
-                        else:
-                            ddl += dx_b * ut
-                        du_t += dx_b * gains[i, n]
-                        g_b = dh_n * gains[i, n] * ut
-                        g_c = hn * dy
-                        if b_time == 0:
-                            dB_acc[n] += g_b
-                        else:
-                            dB_part[b, d // block, t, n] += g_b
-                        if c_time == 0:
-                            dC_acc[n] += g_c
-                        else:
-                            dC_part[b, d // block, t, n] += g_c
-                        dh[n] = dh_n * decays[i, n]  # carried to h_{t-1}
-                    if has_d:
-                        dD_acc += dy * ut
-                    if softplus and pres[i] <= np.float32(20.0):
-                        ddl *= np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-pres[i])))
-                    dbias_acc += ddl
-                    du[b, d, t] = du_t
-                    ddelta[b, d, t] = ddl
-            dA_rows[b, d, :] = dA_acc
-            if b_time == 0:
-                dB_part[b, d, 0, :] = dB_acc
-            if c_time == 0:
-                dC_part[b, d, 0, :] = dC_acc
-            if has_d:
+                                x = dl * ut
+                                for j in range(LANES):
+                                    decay_v[j] = _exp(dl * a_v[j])
+                                    h_v[j] = decay_v[j] * prev_v[j] + x * b_v[j]
+                    # Walk it backwards.
+                    for i in range(n_steps - 1, -1, -1):
+                        t = t0 + i
+                        dl = steps[t]
+                        ut = u[b, d, t]
+                        prev = hs[i - 1] if i > 0 else states[b, d, c]
+                        dy = dout[b, d, t]
+                        if has_z:
+                            zt = z[b, d, t]
+                            y = skip * ut
+                            for n0 in range(0, padded, LANES):
+                                h_v = hs[i, n0:n0 + LANES]
+                                c_v = C[c_row, c_group, t * c_time, n0:n0 + LANES]
+                                for j in range(LANES):
+                                    y += c_v[j] * h_v[j]
+                            sig = _sigmoid(zt)
+                            dz[b, d, t] = dy * y * sig * (np.float32(1.0) + zt * (np.float32(1.0) - sig))
+                            dy = dy * zt * sig
+                        ddl = np.float32(0.0)
+                        du_t = skip * dy
+                        dlu = dl * ut
+                        for n0 in range(0, padded, LANES):
+                            h_v, decay_v, prev_v = hs[i, n0:n0 + LANES], decays[i, n0:n0 + LANES], prev[n0:n0 + LANES]
+                            a_v, dh_v, dA_v = A[d, n0:n0 + LANES], dh[n0:n0 + LANES], dA_acc[n0:n0 + LANES]
+                            b_v = B[b_row, b_group, t * b_time, n0:n0 + LANES]
+                            c_v = C[c_row, c_group, t * c_time, n0:n0 + LANES]
+                            db_v = dB_part[b, k, t, n0:n0 + LANES] if b_time else dB_part[b, d, 0, n0:n0 + LANES]
+                            dc_v = dC_part[b, k, t, n0:n0 + LANES] if c_time else dC_part[b, d, 0, n0:n0 + LANES]
+                            if zoh:
+                                for j in range(LANES):
+                                    dh_j = dh_v[j] + c_v[j] * dy  # the total gradient reaching h_t
+                                    g_decay = dh_j * prev_v[j] * decay_v[j]  # through the decay, d/d(delta * A)
+                                    dx_b = dh_j * b_v[j]
+                                    gain = _zoh_gain(dl, a_v[j])
+                                    if a_v[j] == np.float32(0.0):
+                                        dgain_da = np.float32(0.5) * dl * dl
+                                    else:
+                                        dgain_da = (dl * decay_v[j] - gain) / a_v[j]
+                                    ddl += g_decay * a_v[j] + dx_b * ut * decay_v[j]
+                                    dA_v[j] += g_decay * dl + dx_b * ut * dgain_da
+                                    du_t += dx_b * gain
+                                    db_v[j] += dh_j * gain * ut
+                                    dc_v[j] += h_v[j] * dy
+                                    dh_v[j] = dh_j * decay_v[j]  # carried to h_{t-1}
+                            else:
+                                for j in range(LANES):
+                                    dh_j = dh_v[j] + c_v[j] * dy
+                                    g_decay = dh_j * prev_v[j] * decay_v[j]
+                                    dx_b = dh_j * b_v[j]
+                                    ddl += g_decay * a_v[j] + dx_b * ut
+                                    dA_v[j] += g_decay * dl
+                                    du_t += dx_b * dl
+                                    db_v[j] += dh_j * dlu
+                                    dc_v[j] += h_v[j] * dy
+                                    dh_v[j] = dh_j * decay_v[j]
+                        if has_d:
+                            dD_acc += dy * ut
+                        du[b, d, t] = du_t
+                        ddelta[b, d, t] = ddl
+                # Through softplus (its derivative is sigmoid, 1 above 20) and the bias.
+                dbias_acc = np.float32(0.0)
+                ddelta_row, delta_row = ddelta[b, d], delta[b, d]
+                if softplus:
+                    for t in range(length):
+                        pre = delta_row[t] + bias_d
+                        g = ddelta_row[t] if pre > np.float32(20.0) else ddelta_row[t] * _sigmoid(pre)
+                        ddelta_row[t] = g
+                        dbias_acc += g
+                else:
+                    for t in range(length):
+                        dbias_acc += ddelta_row[t]
+                dA_rows[b, d, :] = dA_acc
                 dD_rows[b, d] = dD_acc
-            if has_bias:
                 dbias_rows[b, d] = dbias_acc
+
+    return scan_bwd
+
+
+SCAN_FWD = {False: _make_scan_fwd(False), True: _make_scan_fwd(True)}  # keyed by "is ZOH"
+SCAN_BWD = {False: _make_scan_bwd(False), True: _make_scan_bwd(True)}
 
 
 # ---------------------------------------------------------------------- launchers (torch tensors in and out)
@@ -254,24 +315,33 @@ def _threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
-def _array(t):
-    """A C-contiguous fp32 numpy view of a CPU tensor (copied only when needed)."""
+def _array(t, padded: int | None = None):
+    """A C-contiguous fp32 numpy view of a CPU tensor (copied only when needed), its last dimension
+    zero-padded to `padded` if given."""
     import torch
+    import torch.nn.functional as F
 
-    return t.detach().to(torch.float32).contiguous().numpy()
+    t = t.detach().to(torch.float32)
+    if padded is not None and padded != t.shape[-1]:
+        t = F.pad(t, (0, padded - t.shape[-1]))
+    return t.contiguous().numpy()
 
 
 def _optional(t, ndim: int):
     return np.empty((0,) * ndim, np.float32) if t is None else _array(t)
 
 
-def _bc_layout(t, dim: int):
-    """B or C as (time-major array, batch flag, channels per group, time flag); see the module docstring."""
+def _bc_layout(t, dim: int, padded: int):
+    """B or C as (time-major array, N padded; batch flag; channels per group; time flag): see the module docstring."""
     if t.dim() == 2:
-        return _array(t)[None, :, None, :], 0, 1, 0
+        return _array(t, padded)[None, :, None, :], 0, 1, 0
     if t.dim() == 3:
         t = t[:, None]
-    return _array(t.transpose(2, 3)), 1, dim // t.shape[1], 1
+    return _array(t.transpose(2, 3), padded), 1, dim // t.shape[1], 1
+
+
+def padded_dstate(dstate: int) -> int:
+    return -(-dstate // LANES) * LANES
 
 
 def n_chunks(length: int) -> int:
@@ -281,23 +351,24 @@ def n_chunks(length: int) -> int:
 def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        discretization="mamba", save_states=False):
     """Run the forward kernel on CPU tensors. Returns (out (batch, D, L) in u's dtype, last_state (batch, D, N)
-    fp32, chunk_states (batch, D, n_chunks, N) fp32 when save_states, else an empty tensor)."""
+    fp32, chunk_states (batch, D, n_chunks, padded N) fp32 when save_states, else an empty tensor)."""
     import torch
 
     batch, dim, length = u.shape
     dstate = A.shape[1]
-    B_arr, b_batch, b_div, b_time = _bc_layout(B, dim)
-    C_arr, c_batch, c_div, c_time = _bc_layout(C, dim)
+    padded = padded_dstate(dstate)
+    B_arr, b_batch, b_div, b_time = _bc_layout(B, dim, padded)
+    C_arr, c_batch, c_div, c_time = _bc_layout(C, dim, padded)
     out = torch.empty(batch, dim, length, dtype=torch.float32)
-    last = torch.empty(batch, dim, dstate, dtype=torch.float32)
-    states = torch.empty((batch, dim, n_chunks(length), dstate) if save_states else (0, 0, 0, 0), dtype=torch.float32)
+    last = torch.empty(batch, dim, padded, dtype=torch.float32)
+    states = torch.empty((batch, dim, n_chunks(length), padded) if save_states else (0, 0, 0, 0), dtype=torch.float32)
     _threads()
-    scan_fwd(_array(u), _array(delta), _array(A), B_arr, C_arr, _optional(D, 1), _optional(z, 3),
-             _optional(delta_bias, 1), out.numpy(), last.numpy(), states.numpy(),
-             b_batch, b_div, b_time, c_batch, c_div, c_time,
-             D is not None, z is not None, delta_bias is not None, bool(delta_softplus), discretization == "zoh",
-             bool(save_states))
-    return out.to(u.dtype), last, states
+    SCAN_FWD[discretization == "zoh"](
+        _array(u), _array(delta), _array(A, padded), B_arr, C_arr, _optional(D, 1), _optional(z, 3),
+        _optional(delta_bias, 1), out.numpy(), last.numpy(), states.numpy(), b_batch, b_div, b_time,
+        c_batch, c_div, c_time, D is not None, z is not None, delta_bias is not None, bool(delta_softplus),
+        bool(save_states))
+    return out.to(u.dtype), last[..., :dstate], states
 
 
 def _work_block(dim: int, batch: int, *group_sizes: int) -> int:
@@ -312,11 +383,12 @@ def _work_block(dim: int, batch: int, *group_sizes: int) -> int:
 
 
 def _bc_grad(part, t, batch: int, dim: int, block: int):
-    """Sum a kernel's dB / dC partials into t's shape and dtype."""
+    """Sum a kernel's dB / dC partials (N padded) into t's shape and dtype."""
+    part = part[..., :t.shape[-1] if t.dim() == 2 else t.shape[-2]]
     if t.dim() == 2:
         return part.sum(0)[:, 0].to(t.dtype)
     groups = 1 if t.dim() == 3 else t.shape[1]
-    per_group = part.view(batch, groups, dim // block // groups, *part.shape[2:]).sum(2)  # (batch, G, L, N)
+    per_group = part.reshape(batch, groups, dim // block // groups, *part.shape[2:]).sum(2)  # (batch, G, L, N)
     return per_group.transpose(2, 3).reshape(t.shape).to(t.dtype)
 
 
@@ -329,23 +401,26 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, chunk_s
 
     batch, dim, length = u.shape
     dstate = A.shape[1]
-    B_arr, b_batch, b_div, b_time = _bc_layout(B, dim)
-    C_arr, c_batch, c_div, c_time = _bc_layout(C, dim)
+    padded = padded_dstate(dstate)
+    B_arr, b_batch, b_div, b_time = _bc_layout(B, dim, padded)
+    C_arr, c_batch, c_div, c_time = _bc_layout(C, dim, padded)
     block = _work_block(dim, batch, *([b_div] if b_time else []), *([c_div] if c_time else []))
     f32 = dict(dtype=torch.float32)
     du, ddelta = torch.empty(batch, dim, length, **f32), torch.empty(batch, dim, length, **f32)
     dz = torch.empty(batch, dim, length, **f32) if z is not None else torch.empty(0, 0, 0, **f32)
-    dA = torch.empty(batch, dim, dstate, **f32)
-    dB = torch.zeros(batch, dim // block, length, dstate, **f32) if b_time else torch.empty(batch, dim, 1, dstate, **f32)
-    dC = torch.zeros(batch, dim // block, length, dstate, **f32) if c_time else torch.empty(batch, dim, 1, dstate, **f32)
+    dA = torch.empty(batch, dim, padded, **f32)
+    dB = torch.zeros(batch, dim // block, length, padded, **f32) if b_time else torch.empty(batch, dim, 1, padded, **f32)
+    dC = torch.zeros(batch, dim // block, length, padded, **f32) if c_time else torch.empty(batch, dim, 1, padded, **f32)
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
     _threads()
-    scan_bwd(_array(u), _array(delta), _array(A), B_arr, C_arr, _optional(D, 1), _optional(z, 3),
-             _optional(delta_bias, 1), chunk_states.numpy(), _array(dout), _optional(dlast, 3),
-             du.numpy(), ddelta.numpy(), dz.numpy(), dA.numpy(), dB.numpy(), dC.numpy(), dD.numpy(), dbias.numpy(),
-             b_batch, b_div, b_time, c_batch, c_div, c_time, block,
-             D is not None, z is not None, delta_bias is not None, dlast is not None, bool(delta_softplus),
-             discretization == "zoh")
-    return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum(0).to(A.dtype), _bc_grad(dB, B, batch, dim, block),
-            _bc_grad(dC, C, batch, dim, block), None if D is None else dD.sum(0).to(D.dtype),
-            None if z is None else dz.to(z.dtype), None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype))
+    SCAN_BWD[discretization == "zoh"](
+        _array(u), _array(delta), _array(A, padded), B_arr, C_arr, _optional(D, 1), _optional(z, 3),
+        _optional(delta_bias, 1), chunk_states.numpy(), _array(dout),
+        _array(dlast, padded) if dlast is not None else np.empty((0, 0, 0), np.float32),
+        du.numpy(), ddelta.numpy(), dz.numpy(), dA.numpy(), dB.numpy(), dC.numpy(), dD.numpy(), dbias.numpy(),
+        b_batch, b_div, b_time, c_batch, c_div, c_time, block,
+        D is not None, z is not None, delta_bias is not None, dlast is not None, bool(delta_softplus))
+    return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum(0)[:, :dstate].to(A.dtype),
+            _bc_grad(dB, B, batch, dim, block), _bc_grad(dC, C, batch, dim, block),
+            None if D is None else dD.sum(0).to(D.dtype), None if z is None else dz.to(z.dtype),
+            None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype))

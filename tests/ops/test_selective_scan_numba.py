@@ -85,7 +85,7 @@ def test_inference_saves_no_chunk_states():
         _, _, states = torch.ops.fusionmamba.selective_scan(*inputs.values(), True, "mamba", "numba", False)
     assert states.numel() == 0
     _, _, states = torch.ops.fusionmamba.selective_scan(*inputs.values(), True, "mamba", "numba", True)
-    assert states.shape == (2, 6, selective_scan_cpu.n_chunks(100), 4)
+    assert states.shape[:3] == (2, 6, selective_scan_cpu.n_chunks(100))
 
 
 def test_backward_recomputes_states_when_the_forward_kept_none():

@@ -124,7 +124,10 @@ class FusionMamba(nn.Module):
             x = layer(x)
         x = self.final_up(x)  # (B, H, W, d/4)
         # The 1x1 head conv as a matmul on the channels-last map: (B, H, W, 1) is (B, 1, H, W) in memory.
-        head = F.linear(x, self.final_conv.weight.flatten(1), self.final_conv.bias).permute(0, 3, 1, 2)
+        # Always in fp32: the head is added to 2 * (x1 + x2), so a bf16 head would cost ~1 grey level.
+        with torch.autocast(x.device.type, enabled=False):
+            weight, bias = self.final_conv.weight.flatten(1), self.final_conv.bias
+            head = F.linear(x.to(weight.dtype), weight, bias).permute(0, 3, 1, 2)
         return head + 2 * (x1 + x2)
 
     def _check_inputs(self, x1, x2) -> None:

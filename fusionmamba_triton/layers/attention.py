@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import LayerNorm
+
 
 class ECA(nn.Module):
     """Efficient channel attention: x * sigmoid(conv1d_k3(GAP(x)) along the channel axis)."""
@@ -35,7 +37,7 @@ class BiAttn(nn.Module):
     def __init__(self, channels: int, act_ratio: float = 0.125):
         super().__init__()
         reduced = int(channels * act_ratio)
-        self.norm = nn.LayerNorm(channels)
+        self.norm = LayerNorm(channels)
         self.global_reduce = nn.Linear(channels, reduced)
         self.channel_select = nn.Linear(reduced, channels)
 

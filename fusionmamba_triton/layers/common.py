@@ -1,8 +1,25 @@
-"""Small pieces shared by the layers: stochastic depth."""
+"""Small pieces shared by the layers: a LayerNorm computed in fp32, stochastic depth."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and checkpoint keys) that normalises in fp32 whatever the input dtype.
+
+    Under bf16/fp16 autocast (where CPU autocast would run it in the low precision) the output is fp32 as
+    long as the parameters are, so the residual stream stays fp32 and only the matmuls run in 16 bits.
+    A model converted to bf16 as a whole gets bf16 out.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        out = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+        param = self.weight if self.weight is not None else x
+        return out.to(torch.promote_types(x.dtype, param.dtype))
 
 
 class DropPath(nn.Module):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ECA
+from .common import LayerNorm
 from ..ops import check_backend_name
 from .essm import es2d_selective_scan, register_ssm_parameters
 from .ldc import LDC
@@ -69,7 +70,7 @@ class CMFM(nn.Module):
         self.d_inner = d_inner = expand * d_model
         self.gate = gate
         register_ssm_parameters(self, d_inner, math.ceil(d_model / 16), d_state)
-        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_norm = LayerNorm(d_inner)
         self.in_proj1 = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.in_proj2 = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=3, padding=1, groups=d_inner, bias=True)
@@ -100,8 +101,8 @@ class DFFM(nn.Module):
     def __init__(self, dim: int, d_state: int = 16, attn_drop: float = 0.0, cmfm_gate: str = "official",
                  backend: str = "auto"):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(dim)
-        self.ln_2 = nn.LayerNorm(dim)
+        self.ln_1 = LayerNorm(dim)
+        self.ln_2 = LayerNorm(dim)
         self.Cross_layer = DFEM(dim, backend=backend)
         self.self_attention_cross = CMFM(dim, d_state=d_state, dropout=attn_drop, gate=cmfm_gate, backend=backend)
         self.self_attention_cross_spatial = ECA()

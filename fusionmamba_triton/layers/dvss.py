@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import ECA, BiAttn
-from .common import DropPath
+from .common import DropPath, LayerNorm
 from .essm import SS2D
 from .ldc import LDC
 from .patch import PatchExpand, PatchMerging
@@ -38,12 +38,12 @@ class DVSSBlock(nn.Module):
     def __init__(self, dim: int, d_state: int = 16, drop_path: float = 0.0, attn_drop: float = 0.0,
                  mlp_ratio: float = 4.0, backend: str = "auto"):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
         self.op = SS2D(dim, d_state=d_state, dropout=attn_drop, backend=backend)
         self.conv_branch = LDC(dim, dim, backend=backend)
         self.self_attention_cross_channel = ECA()
         self.se = BiAttn(dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 

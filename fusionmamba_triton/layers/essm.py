@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import LayerNorm
+
 from ..ops import es2d_merge, es2d_scan, selective_scan
 from ..ops import check_backend_name
 
@@ -79,7 +81,7 @@ class SS2D(nn.Module):
         self.d_model = d_model
         self.d_inner = d_inner = expand * d_model
         register_ssm_parameters(self, d_inner, math.ceil(d_model / 16), d_state)
-        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_norm = LayerNorm(d_inner)
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=3, padding=1, groups=d_inner, bias=True)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .common import LayerNorm
+
 
 class PatchEmbed(nn.Module):
     """(B, in_chans, H, W) -> (B, H/p, W/p, dim): a p x p stride-p convolution, then LayerNorm."""
@@ -11,7 +13,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int = 4, in_chans: int = 1, dim: int = 96):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
@@ -25,7 +27,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         # `reduction` before `norm`: the checkpoint's key order.
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim)
+        self.norm = LayerNorm(4 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, h, w, c = x.shape
@@ -51,7 +53,7 @@ class PatchExpand(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.expand = nn.Linear(2 * dim, 4 * dim, bias=False)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(pixel_shuffle_channels_last(self.expand(x), 2))
@@ -64,7 +66,7 @@ class FinalPatchExpand(nn.Module):
         super().__init__()
         self.scale = scale
         self.expand = nn.Linear(dim, scale * dim, bias=False)
-        self.norm = nn.LayerNorm(dim // scale)
+        self.norm = LayerNorm(dim // scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(pixel_shuffle_channels_last(self.expand(x), self.scale))

@@ -257,7 +257,8 @@ def cmd_evaluate(args) -> int:
     _check_metric_names("--metrics", names or [])
     if args.convention not in CONVENTIONS:
         raise CLIError(f"--convention: unknown convention {args.convention!r}; choose from {', '.join(CONVENTIONS)}")
-    pairs, _ = find_pairs(*_pair_dirs(args))
+    a_dir, b_dir = _pair_dirs(args)
+    pairs, _ = find_pairs(a_dir, b_dir)
     fused_images = list_images(args.fused_dir)
     if args.sheet is not None:
         from .report import PairResult, thumbnail, write_sheet
@@ -298,7 +299,7 @@ def cmd_evaluate(args) -> int:
         report = {"convention": args.convention, "metrics": columns, "images": scores, "mean": mean, "failed": failures}
         atomic_write(args.json, lambda f: json.dump(report, f, indent=2), mode="w")
     if args.sheet is not None:
-        write_sheet(args.sheet, sheet_rows, max_rows=args.max_rows)
+        write_sheet(args.sheet, sheet_rows, {"A": f"A: {a_dir.name}", "B": f"B: {b_dir.name}"}, max_rows=args.max_rows)
     return 1 if failures else 0
 
 
@@ -342,7 +343,7 @@ def cmd_compare(args) -> int:
         raise CLIError("no pair could be compared")
     title = args.title or f"{args.task or 'fusion'}: {a_dir} + {b_dir}"
     titles = {"A": f"A: {a_dir.name}", "B": f"B: {b_dir.name}"}
-    paths = write_report(args.out_dir, results, failures, metrics=metrics, convention=args.convention, title=title,
+    paths = write_report(args.out_dir, results, failures, convention=args.convention, title=title,
                          titles=titles, sources=sources, max_rows=args.max_rows)
     print(format_table(mean_scores(results)))
     print(f"{len(results)} pairs; wrote {', '.join(str(p) for p in paths.values())}")

@@ -214,9 +214,14 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
     return right - left, bottom - top
 
 
+def _caption_lines(scores: dict[str, float], names) -> list[list[tuple[str, str]]]:
+    """[(metric, "metric value"), ...] two to a line."""
+    parts = [(n, f"{n} {scores[n]:.3f}") for n in names]
+    return [parts[i:i + 2] for i in range(0, len(parts), 2)]
+
+
 def _caption(scores: dict[str, float], names) -> str:
-    parts = [f"{n} {scores[n]:.3f}" for n in names]
-    return "\n".join("  ".join(parts[i:i + 2]) for i in range(0, len(parts), 2))
+    return "\n".join("  ".join(text for _, text in line) for line in _caption_lines(scores, names))
 
 
 def select_rows(results: list, max_rows: int | None) -> list:
@@ -277,13 +282,12 @@ def contact_sheet(results: list[PairResult], titles: dict[str, str] | None = Non
             sheet.paste(thumb.convert("RGB"), (x + (widths[c] - thumb.width) // 2, y))
             if c in result.scores and scored:
                 line_y = y + thumb.height + _GAP // 2
-                for line in _caption(result.scores[c], scored).split("\n"):
+                for line in _caption_lines(result.scores[c], scored):
                     cx = x
-                    for part in line.split("  "):
-                        metric = part.split(" ")[0]
+                    for metric, text in line:
                         colour = _BEST if len(methods) > 1 and c in best[metric] else _TEXT
-                        draw.text((cx, line_y), part, fill=colour, font=small)
-                        cx += _text_size(draw, part + "  ", small)[0]
+                        draw.text((cx, line_y), text, fill=colour, font=small)
+                        cx += _text_size(draw, text + "  ", small)[0]
                     line_y += _text_size(draw, "Ag", small)[1] + 3
             x += widths[c] + _GAP
         y += row_height + _GAP
@@ -318,8 +322,7 @@ def _html_table(table: dict[str, dict[str, float]], caption: str, sources: dict[
     return f"<table><caption>{html.escape(caption)}</caption><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def write_report(out_dir: str | Path, results: list[PairResult], failures: dict[str, str], *, metrics,
-                 convention: str, title: str, titles: dict[str, str] | None = None, sources: dict[str, str] | None = None,
+def write_report(out_dir: str | Path, results: list[PairResult], failures: dict[str, str], *, convention: str, title: str, titles: dict[str, str] | None = None, sources: dict[str, str] | None = None,
                  max_rows: int | None = None) -> dict[str, Path]:
     """Write sheet.png, report.html (with thumbs/), scores.json and scores.csv into out_dir; returns their paths.
 
@@ -353,25 +356,27 @@ def write_report(out_dir: str | Path, results: list[PairResult], failures: dict[
         writer.writerow(["mean", method] + [repr(row[c]) for c in columns])
     atomic_write(paths["scores.csv"], lambda f: f.write(buffer.getvalue()), mode="w")
 
-    atomic_write(paths["report.html"], lambda f: f.write(_html(results, failures, means, relative, columns,
-                                                                 convention, title, titles, sources, out_dir)), mode="w")
+    thumbs = [[f"thumbs/{i:04d}-{j}.png" for j in range(len(r.thumbs))] for i, r in enumerate(results)]
+    for result, names in zip(results, thumbs):
+        for thumb, name in zip(result.thumbs.values(), names):
+            save_image(out_dir / name, np.asarray(thumb))
+    page = _html(results, thumbs, failures, means, relative, columns, convention, title, titles, sources)
+    atomic_write(paths["report.html"], lambda f: f.write(page), mode="w")
     return paths
 
 
-def _html(results, failures, means, relative, columns, convention, title, titles, sources, out_dir) -> str:
+def _html(results, thumbs, failures, means, relative, columns, convention, title, titles, sources) -> str:
     tables = [_html_table(means, f"mean over {len(results)} pairs", sources)]
     if relative is not None:
         tables.append(_html_table(relative, f"mean / {REFERENCE_METHOD}'s mean", sources))
     head = "".join(f"<th>{html.escape(titles.get(c, c))}</th>" for c in results[0].thumbs)
     rows = []
-    for i, r in enumerate(results):
+    for r, names in zip(results, thumbs):
+        best = {c: best_methods(r.scores, c) for c in columns}
         cells = []
-        for j, (column, thumb) in enumerate(r.thumbs.items()):
-            relpath = f"thumbs/{i:04d}-{j}.png"
-            save_image(out_dir / relpath, np.asarray(thumb))
+        for column, relpath in zip(r.thumbs, names):
             scores = ""
             if column in r.scores:
-                best = {c: best_methods(r.scores, c) for c in columns}
                 scores = "<table class=s>" + "".join(
                     f'<tr class="{"best" if column in best[c] and len(r.scores) > 1 else ""}"><td>{html.escape(c)}</td>'
                     f"<td>{_number(r.scores[column][c])}</td></tr>" for c in columns) + "</table>"

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(p)
     p.add_argument("-o", "--out-dir", type=Path, required=True,
                    help="folder for sheet.png, report.html (+ thumbs/), scores.json and scores.csv")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=["average", "max", "laplacian", "model"],
                    help="columns; 'model' is one column per --weights entry (default: the task's bundled weights)")
     p.add_argument("--weights", nargs="+", action="extend", metavar="[NAME=]PATH",
                    help="checkpoint(s) for the model column(s), e.g. --weights old=run1/final new=run2/best")

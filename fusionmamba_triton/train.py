@@ -358,7 +358,8 @@ def train(config: TrainConfig) -> dict:
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-        torch.set_num_threads(threads)
+        if config.threads is not None:
+            torch.set_num_threads(threads)
 
 
 def _previous_best(out_dir: Path, config: TrainConfig) -> dict:

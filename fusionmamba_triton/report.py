@@ -57,7 +57,8 @@ def thumbnail(image: np.ndarray, height: int = THUMB_HEIGHT) -> Image.Image:
     width = max(1, round(picture.width * height / picture.height))
     if picture.height == height:
         return picture
-    resample = Image.Resampling.LANCZOS if picture.height > height else Image.Resampling.NEAREST
+    filters = getattr(Image, "Resampling", Image)  # Pillow < 9.1 has the names on Image
+    resample = filters.LANCZOS if picture.height > height else filters.NEAREST
     return picture.resize((width, height), resample)
 
 

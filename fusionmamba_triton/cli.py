@@ -3,7 +3,7 @@
   fusionmamba fuse VIS.png IR.png -o fused.png --weights run/final
   fusionmamba fuse --a-dir vi/ --b-dir ir/ -o fused/ --method laplacian
   fusionmamba evaluate --a-dir vi/ --b-dir ir/ --fused-dir fused/ --csv scores.csv
-  fusionmamba compare --data val/ --task ir-vis -o report/ --methods model average max laplacian
+  fusionmamba compare --data val/ --task ir-vis -o report/ --methods average max laplacian model
   fusionmamba train --data MSRS/ --task ir-vis -o run/
   torchrun --nproc_per_node 4 -m fusionmamba_triton train --data MSRS/ -o run/
 

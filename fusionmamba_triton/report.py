@@ -1,6 +1,6 @@
 """Comparing fusion methods on a folder of pairs: scores, a contact sheet and an HTML report.
 
-    fusionmamba compare --data val/ --task ir-vis -o report/ --methods model average max laplacian
+    fusionmamba compare --data val/ --task ir-vis -o report/ --methods average max laplacian model
 
 `compare` fuses every pair with each method and scores it with `metrics.evaluate`;
 `write_report` writes into one folder sheet.png (columns A | B | each method, one row per pair),
@@ -54,9 +54,9 @@ def thumbnail(image: np.ndarray, height: int = THUMB_HEIGHT) -> Image.Image:
     """
     data = np.rint(np.asarray(image, dtype=np.float64).clip(0, 1) * 255.0).astype(np.uint8)
     picture = Image.fromarray(data)
-    width = max(1, round(picture.width * height / picture.height))
     if picture.height == height:
         return picture
+    width = max(1, round(picture.width * height / picture.height))
     filters = getattr(Image, "Resampling", Image)  # Pillow < 9.1 has the names on Image
     resample = filters.LANCZOS if picture.height > height else filters.NEAREST
     return picture.resize((width, height), resample)
@@ -83,6 +83,7 @@ def compare(pairs, fusers: dict[str, Callable], metrics=DEFAULT_METRICS, convent
     reported through on_error(message) and skipped. With `save_dir`, each fused image is also
     written to save_dir/<method>/<name>.png.
     """
+    import torch
     from tqdm import tqdm
 
     results, failures = [], {}
@@ -98,8 +99,10 @@ def compare(pairs, fusers: dict[str, Callable], metrics=DEFAULT_METRICS, convent
                     save_image(Path(save_dir) / method / f"{name}.png", fused)
                 scores[method] = score(a, b, fused, metrics, convention)
                 thumbs[method] = thumbnail(fused, thumb_height)
-        except ValueError as exc:
+        except (ValueError, torch.cuda.OutOfMemoryError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                message = "out of GPU memory; fuse in tiles with e.g. --tile 512"
             if str(a_path) not in message and str(b_path) not in message:
                 message = f"{a_path} + {b_path}: {message}"
             failures[name] = message

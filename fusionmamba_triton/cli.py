@@ -1,8 +1,9 @@
-"""The `fusionmamba` command: fuse, evaluate and train.
+"""The `fusionmamba` command: fuse, evaluate, compare and train.
 
   fusionmamba fuse VIS.png IR.png -o fused.png --weights run/final
   fusionmamba fuse --a-dir vi/ --b-dir ir/ -o fused/ --method laplacian
   fusionmamba evaluate --a-dir vi/ --b-dir ir/ --fused-dir fused/ --csv scores.csv
+  fusionmamba compare --data val/ --task ir-vis -o report/ --methods average max laplacian model
   fusionmamba train --data MSRS/ --task ir-vis -o run/
   torchrun --nproc_per_node 4 -m fusionmamba_triton train --data MSRS/ -o run/
 
@@ -76,6 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", default="canonical", help="metric convention (see fusionmamba_triton.metrics.CONVENTIONS)")
     p.add_argument("--csv", type=Path, help="write per-image scores and the mean as CSV")
     p.add_argument("--json", type=Path, help="write per-image scores and the mean as JSON")
+    p.add_argument("--sheet", type=Path, help="write a contact sheet PNG (A | B | fused, one row per pair)")
+    p.add_argument("--max-rows", type=int, default=None, help="at most this many pairs on the sheet (evenly spaced)")
+
+    p = sub.add_parser("compare", help="fuse pairs with several methods, score them, write a contact sheet and a report")
+    _add_task_args(p)
+    p.add_argument("-o", "--out-dir", type=Path, required=True,
+                   help="folder for sheet.png, report.html (+ thumbs/), scores.json and scores.csv")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=["average", "max", "laplacian", "model"],
+                   help="columns; 'model' is one column per --weights entry (default: the task's bundled weights)")
+    p.add_argument("--weights", nargs="+", action="extend", metavar="[NAME=]PATH",
+                   help="checkpoint(s) for the model column(s), e.g. --weights old=run1/final new=run2/best")
+    p.add_argument("--preset", choices=("base", "tiny", "small"), default=None,
+                   help="model configuration (default: read from the checkpoint)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--backend", choices=("auto", "reference", "torch", "triton"), default="auto")
+    p.add_argument("--tile", type=int, default=None, help="fuse in overlapping tiles of this size (multiple of 32)")
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+    p.add_argument("--colour-source", choices=COLOUR_SOURCES, default=None,
+                   help="whose colour the fused images keep (default: the task's, else whichever input is colour)")
+    p.add_argument("--metrics", nargs="+", default=None,
+                   help="metric names (default: vif scd qabf sf ms_ssim fmi ssim psnr)")
+    p.add_argument("--convention", default="canonical", help="metric convention (see fusionmamba_triton.metrics.CONVENTIONS)")
+    p.add_argument("--max-rows", type=int, default=None, help="at most this many pairs on the sheet (evenly spaced)")
+    p.add_argument("--thumb-height", type=int, default=256, help="height of the sheet thumbnails in pixels")
+    p.add_argument("--save-fused", action="store_true", help="also write the fused images to OUT/fused/<method>/")
+    p.add_argument("--title", default=None, help="report title (default: the task and folders)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
 
     p = sub.add_parser("train", help="train on paired folders (runs under torchrun as DDP)")
     _add_task_args(p)
@@ -101,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-b", type=Path, help="validation b image or folder")
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--val-metrics", nargs="+", default=["vif", "qabf", "ssim"])
+    p.add_argument("--keep-best", default=None, metavar="METRIC[,METRIC...]",
+                   help="keep OUT/best/: the checkpoint with the best mean ratio of these val metrics to average "
+                        "fusion's ('all': every --val-metrics)")
+    p.add_argument("--loss-on", choices=("clamped", "unclamped"), default="clamped",
+                   help="clamped (official): loss on the output clipped to [0, 1]; unclamped: on the raw output, "
+                        "so blown-out pixels get a gradient")
+    p.add_argument("--cache-images", action="store_true", help="decode the training pairs once and keep them in memory")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="mixed precision (GPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--backend", choices=("auto", "reference", "torch", "triton"), default="auto")
@@ -159,16 +195,14 @@ def cmd_fuse(args) -> int:
     colour_source = args.colour_source or (TASKS[args.task].colour_source if args.task else "auto")
 
     if args.method == "model":
-        from .inference import default_weights, fuse, load_model
-        from .model import BUNDLED_CHECKPOINTS, DEFAULT_CHECKPOINT
+        from .inference import fuse, load_model
 
         device = _device(args.device)
         task = args.task or "ir-vis"
         model = load_model(args.weights, preset=args.preset, device=device, backend=args.backend,
                            allow_untrained=args.allow_untrained, task=task)
-        if args.weights is None and default_weights(task) is not None:
-            print(f"fusionmamba fuse: using the bundled checkpoint {DEFAULT_CHECKPOINT!r}: "
-                  f"{BUNDLED_CHECKPOINTS[DEFAULT_CHECKPOINT]}", file=sys.stderr)
+        if args.weights is None:
+            _say_bundled("fuse", task, args.preset, given_task=args.task is not None)
 
         def fuser(a, b):
             return fuse(model, a, b, colour_source=colour_source, tile=args.tile, overlap=args.overlap,
@@ -204,6 +238,18 @@ def cmd_fuse(args) -> int:
     return 1 if failed else 0
 
 
+def _say_bundled(command: str, task: str, preset: str | None, given_task: bool) -> None:
+    """One stderr line naming the bundled checkpoint that load_model(None, ...) used, if it used one."""
+    from .inference import bundled_weights
+    from .model import BUNDLED_CHECKPOINTS
+
+    folder, name = bundled_weights(task, preset)
+    if folder is not None:
+        which = task if given_task else f"{task} (the default; pass --task)"
+        print(f"fusionmamba {command}: using the bundled checkpoint {name!r} for {which}: {BUNDLED_CHECKPOINTS[name]}",
+              file=sys.stderr)
+
+
 def cmd_evaluate(args) -> int:
     from .metrics import CONVENTIONS, evaluate
 
@@ -211,8 +257,15 @@ def cmd_evaluate(args) -> int:
     _check_metric_names("--metrics", names or [])
     if args.convention not in CONVENTIONS:
         raise CLIError(f"--convention: unknown convention {args.convention!r}; choose from {', '.join(CONVENTIONS)}")
-    pairs, _ = find_pairs(*_pair_dirs(args))
+    a_dir, b_dir = _pair_dirs(args)
+    pairs, _ = find_pairs(a_dir, b_dir)
     fused_images = list_images(args.fused_dir)
+    if args.sheet is not None:
+        from .report import PairResult, thumbnail, write_sheet
+
+        if args.max_rows is not None and args.max_rows < 1:
+            raise CLIError(f"--max-rows must be at least 1, got {args.max_rows}")
+        sheet_rows, fused_label = [], args.fused_dir.name or "fused"
     scores: dict[str, dict[str, float]] = {}
     failures: dict[str, str] = {}
     for stem, a_path, b_path in pairs:
@@ -223,6 +276,9 @@ def cmd_evaluate(args) -> int:
             if not a.shape[:2] == b.shape[:2] == f.shape[:2]:
                 raise ValueError(f"{fused_images[stem]}: sizes differ (a {a.shape}, b {b.shape}, fused {f.shape})")
             scores[stem] = {k: float(v) for k, v in evaluate(a, b, f, metrics=names, convention=args.convention).items()}
+            if args.sheet is not None:
+                sheet_rows.append(PairResult(stem, {"A": thumbnail(a / 255.0), "B": thumbnail(b / 255.0),
+                                                    fused_label: thumbnail(f / 255.0)}, {fused_label: scores[stem]}))
         except ValueError as exc:
             failures[stem] = str(exc)
             print(f"fusionmamba evaluate: error: {exc}", file=sys.stderr)
@@ -242,6 +298,57 @@ def cmd_evaluate(args) -> int:
     if args.json is not None:
         report = {"convention": args.convention, "metrics": columns, "images": scores, "mean": mean, "failed": failures}
         atomic_write(args.json, lambda f: json.dump(report, f, indent=2), mode="w")
+    if args.sheet is not None:
+        write_sheet(args.sheet, sheet_rows, {"A": f"A: {a_dir.name}", "B": f"B: {b_dir.name}"}, max_rows=args.max_rows)
+    return 1 if failures else 0
+
+
+def cmd_compare(args) -> int:
+    import torch
+
+    from .metrics import CONVENTIONS
+    from .report import DEFAULT_METRICS, compare, format_table, mean_scores, method_fusers, parse_weights, write_report
+
+    metrics = args.metrics or list(DEFAULT_METRICS)
+    _check_metric_names("--metrics", metrics)
+    if args.convention not in CONVENTIONS:
+        raise CLIError(f"--convention: unknown convention {args.convention!r}; choose from {', '.join(CONVENTIONS)}")
+    for option, value, low in (("--max-rows", args.max_rows, 1), ("--thumb-height", args.thumb_height, 16),
+                               ("--threads", args.threads, 1)):
+        if value is not None and value < low:
+            raise CLIError(f"{option} must be at least {low}, got {value}")
+    if args.tile is not None and (args.tile <= 0 or args.tile % 32 or not 0 <= args.overlap < args.tile):
+        raise CLIError(f"--tile must be a positive multiple of 32 and --overlap in [0, tile), got {args.tile} and {args.overlap}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    a_dir, b_dir = _pair_dirs(args)
+    pairs, unmatched = find_pairs(a_dir, b_dir)
+    task = args.task or "ir-vis"
+    colour_source = args.colour_source or (TASKS[args.task].colour_source if args.task else "auto")
+    weights = parse_weights(args.weights)
+    fusers, sources = method_fusers(args.methods, weights, task=task, colour_source=colour_source, preset=args.preset,
+                                    device=_device(args.device), backend=args.backend, tile=args.tile,
+                                    overlap=args.overlap)
+    if "model" in args.methods and not weights:
+        _say_bundled("compare", task, args.preset, given_task=args.task is not None)
+    for path in unmatched:
+        print(f"fusionmamba compare: warning: {path}: no file of the same name in the other folder, skipped", file=sys.stderr)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    results, failures = compare(
+        pairs, fusers, metrics, args.convention, thumb_height=args.thumb_height,
+        save_dir=args.out_dir / "fused" if args.save_fused else None, progress=len(pairs) > 1,
+        on_error=lambda message: print(f"fusionmamba compare: error: {message}", file=sys.stderr),
+    )
+    if not results:
+        raise CLIError("no pair could be compared")
+    title = args.title or f"{args.task or 'fusion'}: {a_dir} + {b_dir}"
+    titles = {"A": f"A: {a_dir.name}", "B": f"B: {b_dir.name}"}
+    paths = write_report(args.out_dir, results, failures, convention=args.convention, title=title,
+                         titles=titles, sources=sources, max_rows=args.max_rows)
+    print(format_table(mean_scores(results)))
+    print(f"{len(results)} pairs; wrote {', '.join(str(p) for p in paths.values())}")
+    if failures:
+        print(f"fusionmamba compare: {len(failures)} of {len(pairs)} pairs failed", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -278,6 +385,10 @@ def cmd_train(args) -> int:
 
     a_dir, b_dir = _pair_dirs(args)
     _check_metric_names("--val-metrics", args.val_metrics)
+    keep_best = ()
+    if args.keep_best is not None:
+        keep_best = tuple(args.val_metrics) if args.keep_best == "all" else tuple(filter(None, args.keep_best.split(",")))
+        _check_metric_names("--keep-best", keep_best or [args.keep_best])
     model_config = {}
     if args.model_config:
         text = Path(args.model_config).read_text() if args.model_config.endswith(".json") else args.model_config
@@ -293,7 +404,8 @@ def cmd_train(args) -> int:
         schedule=args.schedule, crop=None if args.resize else (args.crop or 256), resize=args.resize,
         augment=not args.no_augment, seed=args.seed, loss=args.loss, checkpoint_every=args.checkpoint_every,
         resume=args.resume, val_pairs=_val_pairs(args.val_a, args.val_b), val_every=args.val_every,
-        val_metrics=tuple(args.val_metrics), amp=args.amp, device=args.device, backend=args.backend,
+        val_metrics=tuple(args.val_metrics), keep_best=keep_best, loss_on=args.loss_on, cache_images=args.cache_images,
+        threads=args.threads, amp=args.amp, device=args.device, backend=args.backend,
         num_workers=args.workers, log_every=args.log_every, weights_digest=args.weights_digest,
     )
     result = train(config)
@@ -303,7 +415,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-COMMANDS = {"fuse": cmd_fuse, "evaluate": cmd_evaluate, "train": cmd_train}
+COMMANDS = {"fuse": cmd_fuse, "evaluate": cmd_evaluate, "compare": cmd_compare, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

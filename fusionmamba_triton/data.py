@@ -134,10 +134,13 @@ class PairDataset(torch.utils.data.Dataset):
     Each item is a random crop of `crop` pixels (pairs smaller than that are reflect-padded) or,
     with `resize`, the whole pair resized to resize x resize; then, with `augment`, the same random
     flips and 90-degree rotation for both images. The randomness of item i in epoch e depends only
-    on (seed, e, i), so a resumed run sees the same samples.
+    on (seed, e, i), so a resumed run sees the same samples. With `cache`, every pair is decoded
+    once, here, and kept in memory (float32, 8 bytes a pixel a pair), so an item costs only its
+    crop; the items are the same as without.
     """
 
-    def __init__(self, pairs, crop: int | None = 256, resize: int | None = None, augment: bool = True, seed: int = 0):
+    def __init__(self, pairs, crop: int | None = 256, resize: int | None = None, augment: bool = True, seed: int = 0,
+                 cache: bool = False):
         if (crop is None) == (resize is None):
             raise ValueError("give exactly one of crop and resize")
         if not pairs:
@@ -145,6 +148,12 @@ class PairDataset(torch.utils.data.Dataset):
         self.pairs = [(Path(a), Path(b)) for _, a, b in pairs]
         self.crop, self.resize, self.augment, self.seed = crop, resize, augment, seed
         self.epoch = 0
+        self.cached = [self.load_pair(i) for i in range(len(self.pairs))] if cache else None
+
+    @property
+    def cache_bytes(self) -> int:
+        """Memory held by the decoded-image cache (0 without one)."""
+        return sum(a.nbytes + b.nbytes for a, b in self.cached) if self.cached is not None else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -160,7 +169,7 @@ class PairDataset(torch.utils.data.Dataset):
         return torch.from_numpy(a)[None], torch.from_numpy(b)[None]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = self.load_pair(index)
+        a, b = self.cached[index] if self.cached is not None else self.load_pair(index)
         gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % 2**63)
         x = torch.cat([a, b])  # (2, H, W): crop and augment both together
         if self.resize is not None:

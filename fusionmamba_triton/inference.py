@@ -20,45 +20,64 @@ AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def default_weights(task: str = "ir-vis") -> Path | None:
-    """Folder of the bundled checkpoint used for `task` (one for every task), or None when this install lacks it."""
-    from .model import DEFAULT_CHECKPOINT, bundled_checkpoint
+    """Folder of the bundled checkpoint registered for `task` (model.TASK_CHECKPOINTS), or None when this
+    install lacks its files; a task without bundled weights is a ValueError."""
+    from .model import bundled_checkpoint, task_checkpoint
 
+    name = task_checkpoint(task)
     try:
-        return Path(bundled_checkpoint(DEFAULT_CHECKPOINT))
+        return Path(bundled_checkpoint(name))
     except FileNotFoundError:
         return None
+
+
+def bundled_weights(task: str = "ir-vis", preset: str | None = None) -> tuple[Path | None, str]:
+    """What load_model(None, preset=preset, task=task) loads: (folder, checkpoint name), or (None, why not).
+
+    The task's bundled checkpoint is used when `preset` is None or the checkpoint's own preset
+    (its weights fit no other).
+    """
+    from .model import bundled_preset, task_checkpoint
+
+    try:
+        name = task_checkpoint(task)
+    except ValueError as exc:
+        return None, str(exc).split(";")[0]
+    folder = default_weights(task)
+    if folder is None:
+        return None, f"the bundled checkpoint {name!r} for {task} is missing from this installation"
+    own = bundled_preset(name)
+    if preset is not None and preset != own:
+        return None, f"there are no bundled weights for preset {preset!r} ({task} ships {name!r}, preset {own!r})"
+    return folder, name
 
 
 def load_model(weights=None, *, preset: str | None = None, device="cpu", backend: str = "auto",
                allow_untrained: bool = False, task: str = "ir-vis"):
     """A FusionMamba in eval mode on `device`, from `weights` (file, save_pretrained folder or training
-    checkpoint), else the bundled checkpoint for `task` (only when `preset` is None or the bundled
-    checkpoint's own preset: its weights fit no other).
+    checkpoint), else the bundled checkpoint registered for `task` (see bundled_weights).
 
     Without any weights it raises, unless allow_untrained=True builds a randomly initialised model
     of `preset` (its output is meaningless; for smoke tests only).
     """
-    from .model import DEFAULT_CHECKPOINT, FusionMamba
+    from .model import FusionMamba
 
-    if weights is None and preset in (None, DEFAULT_CHECKPOINT):
-        weights = default_weights(task)
     if weights is None:
-        if not allow_untrained:
-            missing = (f"there are no bundled weights for preset {preset!r}" if preset not in (None, DEFAULT_CHECKPOINT)
-                       else "the bundled FusionMamba checkpoint is missing from this installation")
-            raise ValueError(
-                f"no trained weights: {missing} and an untrained model gives meaningless output; pass --weights PATH "
-                "(e.g. OUT/final from `fusionmamba train`) or use a classical method, e.g. --method average"
-            )
-        model = FusionMamba.from_preset(preset or "base", backend=backend)
-    else:
-        if not Path(weights).exists():
-            raise ValueError(f"{weights}: no such checkpoint file or folder")
-        try:
-            model = FusionMamba.from_pretrained(weights, preset=preset, map_location="cpu", backend=backend)
-        except (ValueError, RuntimeError, OSError, KeyError) as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ValueError(message if str(weights) in message else f"{weights}: {message}") from None
+        weights, missing = bundled_weights(task, preset)
+        if weights is None:
+            if not allow_untrained:
+                raise ValueError(
+                    f"no trained weights: {missing}, and an untrained model gives meaningless output; pass --weights "
+                    "PATH (e.g. OUT/final from `fusionmamba train`) or use a classical method, e.g. --method average"
+                )
+            return FusionMamba.from_preset(preset or "base", backend=backend).to(device).eval()
+    if not Path(weights).exists():
+        raise ValueError(f"{weights}: no such checkpoint file or folder")
+    try:
+        model = FusionMamba.from_pretrained(weights, preset=preset, map_location="cpu", backend=backend)
+    except (ValueError, RuntimeError, OSError, KeyError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(message if str(weights) in message else f"{weights}: {message}") from None
     return model.to(device).eval()
 
 

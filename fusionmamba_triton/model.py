@@ -32,15 +32,24 @@ PRESETS: dict[str, dict] = {
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
-# Checkpoints shipped in assets/weights/<name>/ (save_pretrained folders), name -> what it is.
-# The one registry: FusionMamba.from_pretrained(name) and fuse.default_weights() both read it.
+# The bundled-weights registry: checkpoints shipped in assets/weights/<name>/ (save_pretrained
+# folders), name -> what it is (data, recipe; the CLI prints it), and the one each task loads when
+# no weights are given. FusionMamba.from_pretrained(name), inference.default_weights(task) and the
+# CLI all read it. Shipping new weights: their folder under assets/weights/ plus their lines here.
 BUNDLED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "weights")
 BUNDLED_CHECKPOINTS = {
     "small": "'small' preset (3.0 M parameters, stored fp16), trained 1100 steps (19 min) on a 2-core CPU "
              "on 22 pairs from TNO, RoadScene, the Harvard Whole Brain Atlas and ITK (research-use data); "
              "a demo, not the paper's weights",
 }
-DEFAULT_CHECKPOINT = "small"  # used for every task
+TASK_CHECKPOINTS = {
+    "ir-vis": "small",
+    "ct-mri": "small",
+    "pet-mri": "small",
+    "spect-mri": "small",
+}
+TASK_CHECKPOINTS["gfp-pc"] = TASK_CHECKPOINTS["pet-mri"]  # no GFP / phase-contrast training data: the closest task
+DEFAULT_CHECKPOINT = TASK_CHECKPOINTS["ir-vis"]  # the checkpoint of the CLI's default task
 
 
 class FusionMamba(nn.Module):
@@ -238,6 +247,20 @@ def bundled_checkpoint(name: str = DEFAULT_CHECKPOINT) -> str:
         raise FileNotFoundError(f"the bundled checkpoint {name!r} is missing from this installation (expected {path})")
     return path
 
+
+def task_checkpoint(task: str) -> str:
+    """Name of the bundled checkpoint that `task` ("ir-vis", "ct-mri", ...) uses when no weights are given."""
+    if task not in TASK_CHECKPOINTS:
+        raise ValueError(f"there are no bundled weights for task {task!r} (tasks with bundled weights: "
+                         f"{', '.join(sorted(TASK_CHECKPOINTS))}); pass --weights PATH")
+    return TASK_CHECKPOINTS[task]
+
+
+def bundled_preset(name: str) -> str | None:
+    """The preset (see PRESETS) whose architecture the bundled checkpoint `name` has, None if none matches."""
+    with open(os.path.join(bundled_checkpoint(name), CONFIG_NAME)) as f:
+        config = json.load(f)
+    return next((preset for preset, arch in PRESETS.items() if all(config.get(k) == v for k, v in arch.items())), None)
 
 
 def _read_checkpoint(source, map_location):

@@ -2,7 +2,10 @@
 
 The loop follows the official recipe by default (Adam, lr 1e-4 * 0.75^(epoch-1), the output
 clipped to [0, 1] before the loss) and adds what a long run needs: checkpoints with full resume
-state, validation metrics, AMP and DistributedDataParallel.
+state, validation metrics, AMP and DistributedDataParallel. Recipe options, all off by default:
+the loss on the unclipped output (`loss_on="unclamped"`), keeping the best checkpoint by a
+validation score (`keep_best`), decoded images cached in memory (`cache_images`) and a CPU
+thread count (`threads`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from .imaging import load_image
 
 SCHEDULES = ("official", "cosine", "constant")
 AMP_MODES = ("none", "fp16", "bf16")
+LOSS_ON = ("clamped", "unclamped")
 VAL_METRICS = ("vif", "qabf", "ssim")
 
 
@@ -51,6 +55,10 @@ class TrainConfig:
     val_pairs: list = dataclasses.field(default_factory=list)  # [(a_path, b_path), ...]
     val_every: int = 1000
     val_metrics: tuple = VAL_METRICS
+    keep_best: tuple = ()  # metrics whose mean ratio to average fusion on val picks out_dir/best; () keeps none
+    loss_on: str = "clamped"  # "unclamped": the loss sees the raw output, so pixels beyond [0, 1] get a gradient
+    cache_images: bool = False  # decode the training pairs once and keep them in memory
+    threads: int | None = None  # torch.set_num_threads for the run (CPU)
     amp: str = "none"
     device: str = "auto"
     backend: str = "auto"
@@ -63,6 +71,12 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"loss_on must be one of {LOSS_ON}, got {self.loss_on!r}")
+        if self.keep_best and not self.val_pairs:
+            raise ValueError("keep_best needs validation pairs (--val-a / --val-b)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
         for name in ("epochs", "batch_size", "checkpoint_every", "val_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -157,19 +171,48 @@ def build_model(config: TrainConfig, device: torch.device):
     return model.to(device)
 
 
-def validate(model, pairs, metric_names) -> dict:
-    """Mean of each metric over the validation pairs (fused on Y, metrics on the 0-255 scale)."""
-    from .inference import fuse
-    from .metrics import evaluate
+def load_val_images(pairs) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The validation pairs [(a_path, b_path), ...] decoded once, as grey (Y) images."""
+    return [(to_grey(load_image(a_path)), to_grey(load_image(b_path))) for a_path, b_path in pairs]
+
+
+def mean_val_scores(fuser, images, metric_names) -> dict[str, float]:
+    """Mean of each metric over grey (a, b) pairs fused by fuser(a, b) (scored like `fusionmamba compare`)."""
+    from .report import score
 
     totals: dict[str, float] = {}
-    for a_path, b_path in pairs:
-        a, b = to_grey(load_image(a_path)), to_grey(load_image(b_path))
-        fused = fuse(model, a, b)
-        scores = evaluate(a * 255.0, b * 255.0, fused * 255.0, metrics=list(metric_names))
-        for name, value in scores.items():
-            totals[name] = totals.get(name, 0.0) + float(value) / len(pairs)
+    for a, b in images:
+        for name, value in score(a, b, fuser(a, b), metric_names).items():
+            totals[name] = totals.get(name, 0.0) + value / len(images)
     return totals
+
+
+def validate(model, images, metric_names) -> dict[str, float]:
+    """Mean of each metric over the validation images; the model runs in eval mode without gradients."""
+    from .inference import fuse
+
+    return mean_val_scores(lambda a, b: fuse(model, a, b), images, metric_names)
+
+
+def selection_score(val: dict[str, float], reference: dict[str, float], metric_names) -> float:
+    """Mean over `metric_names` of val / reference (reference / val for metrics where lower is better)."""
+    from .report import LOWER_IS_BETTER
+
+    ratios = [reference[m] / val[m] if m in LOWER_IS_BETTER else val[m] / reference[m] for m in metric_names]
+    return sum(ratios) / len(ratios)
+
+
+def compute_loss(net, criterion, a: torch.Tensor, b: torch.Tensor, loss_on: str = "clamped", amp_dtype=None):
+    """(loss, terms) of one batch; loss_on="clamped" clips the output to [0, 1] first, as the official recipe does.
+
+    Clipping gives pixels outside [0, 1] no gradient; the official head adds 2 * (x1 + x2), so at
+    initialisation most bright pixels are clipped. "unclamped" scores the raw output instead.
+    """
+    with torch.autocast(a.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        fused = net(a, b).float()
+    if loss_on == "clamped":
+        fused = fused.clamp(0, 1)
+    return criterion(fused, a, b)
 
 
 def train(config: TrainConfig) -> dict:
@@ -181,12 +224,16 @@ def train(config: TrainConfig) -> dict:
 
     config.validate()
     rank, world, device = _setup_distributed(config.device)
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     try:
         out_dir = Path(config.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         pairs, _ = find_pairs(config.a_dir, config.b_dir)
         check_pair_sizes(pairs)
-        dataset = PairDataset(pairs, crop=config.crop, resize=config.resize, augment=config.augment, seed=config.seed)
+        dataset = PairDataset(pairs, crop=config.crop, resize=config.resize, augment=config.augment, seed=config.seed,
+                              cache=config.cache_images)
         sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
         steps_per_epoch = len(sampler) // config.batch_size
         if steps_per_epoch == 0:
@@ -212,6 +259,22 @@ def train(config: TrainConfig) -> dict:
             resume = str(out_dir / "last.pt") if (out_dir / "last.pt").is_file() else None
         if resume is not None:
             step = _resume(resume, model, optimizer, scheduler, scaler)
+        log_path = out_dir / "log.jsonl"
+        val_metrics = tuple(dict.fromkeys(tuple(config.val_metrics) + tuple(config.keep_best)))
+        val_images = reference = None
+        best = {"step": None, "score": -math.inf}
+        if rank == 0 and config.cache_images:
+            _append_log(log_path, {"step": step, "cached_pairs": len(dataset), "cache_bytes": dataset.cache_bytes})
+        if config.val_pairs and rank == 0:
+            from .baselines import average_fuse_luma
+
+            started = time.perf_counter()
+            val_images = load_val_images(config.val_pairs)
+            reference = mean_val_scores(average_fuse_luma, val_images, val_metrics)
+            if config.keep_best and resume is not None:
+                best = _previous_best(out_dir, config)
+            _append_log(log_path, {"step": step, "val_reference": {"average": reference},
+                                   "val_seconds": time.perf_counter() - started})
 
         net = model
         if world > 1:
@@ -219,7 +282,6 @@ def train(config: TrainConfig) -> dict:
             net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           find_unused_parameters=True)
 
-        log_path = out_dir / "log.jsonl"
         progress = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="train", dynamic_ncols=True)
         last = {"step": step, "loss": None, "checkpoint": None, "val": None}
         while step < total_steps:
@@ -233,12 +295,12 @@ def train(config: TrainConfig) -> dict:
                 num_workers=config.num_workers, pin_memory=device.type == "cuda",
                 generator=torch.Generator().manual_seed(config.seed + epoch),
             )
+            waited = time.perf_counter()
             for a, b in loader:
+                started = time.perf_counter()
+                data_seconds = started - waited  # time spent waiting for this batch
                 a, b = a.to(device, non_blocking=True), b.to(device, non_blocking=True)
-                autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-                with autocast:
-                    fused = net(a, b).float().clamp(0, 1)  # clipped before the loss, as in the official recipe
-                loss, terms = criterion(fused, a, b)
+                loss, terms = compute_loss(net, criterion, a, b, config.loss_on, amp_dtype)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -256,17 +318,34 @@ def train(config: TrainConfig) -> dict:
                     progress.update(1)
                     if step % config.log_every == 0 or step == total_steps:
                         _append_log(log_path, {"step": step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
-                                               "loss": last["loss"], **values, "time": time.time()})
+                                               "loss": last["loss"], **values, "time": time.time(),
+                                               "step_seconds": time.perf_counter() - started,
+                                               "data_seconds": data_seconds})
                 if step % config.checkpoint_every == 0 or step == total_steps:
                     if rank == 0:
                         save_checkpoint(out_dir / "last.pt", model, optimizer, scheduler, scaler, step, config)
                         last["checkpoint"] = str(out_dir / "last.pt")
                 if config.val_pairs and (step % config.val_every == 0 or step == total_steps) and rank == 0:
-                    last["val"] = validate(model, config.val_pairs, config.val_metrics)
-                    progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last["val"].items()))
-                    _append_log(log_path, {"step": step, "val": last["val"]})
+                    started = time.perf_counter()
+                    last["val"] = validate(model, val_images, val_metrics)
+                    record = {"step": step, "val": last["val"], "val_seconds": time.perf_counter() - started,
+                              "val_ratio": {k: v / reference[k] if reference[k] else math.nan for k, v in last["val"].items()}}
+                    message = ", ".join(f"{k} {v:.4f}" for k, v in last["val"].items())
+                    if config.keep_best:
+                        record["val_score"] = selection_score(last["val"], reference, config.keep_best)
+                        record["best"] = record["val_score"] > best["score"]
+                        message += f"; score {record['val_score']:.4f}" + (" (best)" if record["best"] else "")
+                        if record["best"]:
+                            best = {"step": step, "score": record["val_score"]}
+                            model.save_pretrained(out_dir / "best")
+                            info = {**best, "keep_best": list(config.keep_best), "val": last["val"],
+                                    "val_reference": {"average": reference}}
+                            atomic_write(out_dir / "best.json", lambda f: json.dump(info, f, indent=2), mode="w")
+                    progress.write(f"step {step}: {message} ({record['val_seconds']:.1f} s)")
+                    _append_log(log_path, record)
                 if step >= total_steps:
                     break
+                waited = time.perf_counter()
         progress.close()
         if rank == 0:
             model.save_pretrained(out_dir / "final")
@@ -279,6 +358,18 @@ def train(config: TrainConfig) -> dict:
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+        if config.threads is not None:
+            torch.set_num_threads(threads)
+
+
+def _previous_best(out_dir: Path, config: TrainConfig) -> dict:
+    """The best step and score recorded by an earlier part of a resumed run, if it chose by the same metrics."""
+    path = out_dir / "best.json"
+    if path.is_file():
+        info = json.loads(path.read_text())
+        if info.get("keep_best") == list(config.keep_best):
+            return {"step": info["step"], "score": info["score"]}
+    return {"step": None, "score": -math.inf}
 
 
 def _resume(path: str, model, optimizer, scheduler, scaler) -> int:

@@ -1,5 +1,7 @@
-"""The checkpoint shipped with the package: strict load, from_pretrained("small"), CPU fusion, the CLI default."""
+"""The checkpoints shipped with the package: the per-task registry, strict load, from_pretrained(name), CPU
+fusion, the CLI default and its one-line note."""
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -7,10 +9,14 @@ import pytest
 import torch
 
 import fusionmamba_triton
+from fusionmamba_triton import model as model_module
 from fusionmamba_triton.cli import main
-from fusionmamba_triton.inference import default_weights, fuse, load_model
+from fusionmamba_triton.data import TASKS
+from fusionmamba_triton.inference import bundled_weights, default_weights, fuse, load_model
 from fusionmamba_triton.imaging import load_image, sample_pair
-from fusionmamba_triton.model import BUNDLED_CHECKPOINTS, DEFAULT_CHECKPOINT, PRESETS, FusionMamba, bundled_checkpoint
+from fusionmamba_triton.model import (BUNDLED_CHECKPOINTS, DEFAULT_CHECKPOINT, PRESETS, TASK_CHECKPOINTS, FusionMamba,
+                                      bundled_checkpoint, bundled_preset, task_checkpoint)
+from tests.helpers import TINY
 
 
 @pytest.fixture(autouse=True)
@@ -27,12 +33,64 @@ def model():
 
 
 def test_registry_points_at_the_packaged_files():
-    assert DEFAULT_CHECKPOINT in BUNDLED_CHECKPOINTS
-    folder = Path(bundled_checkpoint(DEFAULT_CHECKPOINT))
-    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
-    assert folder.parent == Path(fusionmamba_triton.__file__).parent / "assets" / "weights"
-    for task in ("ir-vis", "ct-mri", "pet-mri", "spect-mri"):
-        assert default_weights(task) == folder
+    assert set(TASK_CHECKPOINTS) == set(TASKS)  # every task has bundled weights
+    assert set(TASK_CHECKPOINTS.values()) <= set(BUNDLED_CHECKPOINTS)
+    for name, description in BUNDLED_CHECKPOINTS.items():
+        folder = Path(bundled_checkpoint(name))
+        assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+        assert folder.parent == Path(fusionmamba_triton.__file__).parent / "assets" / "weights"
+        assert "trained" in description and "data" in description  # what the CLI line tells the user
+        assert bundled_preset(name) in PRESETS
+    for task, name in TASK_CHECKPOINTS.items():
+        assert task_checkpoint(task) == name
+        assert default_weights(task) == Path(bundled_checkpoint(name))
+    assert TASK_CHECKPOINTS["gfp-pc"] == TASK_CHECKPOINTS["pet-mri"]  # no GFP data: the closest task's weights
+    assert DEFAULT_CHECKPOINT == TASK_CHECKPOINTS["ir-vis"]
+
+
+@pytest.fixture
+def registry_with_a_task_checkpoint(tmp_path, monkeypatch):
+    """The registry after shipping "ct-mri-tiny" for CT-MRI: a folder under assets/weights/ plus its registry lines."""
+    weights_dir = tmp_path / "weights"
+    shutil.copytree(bundled_checkpoint("small"), weights_dir / "small")
+    torch.manual_seed(0)
+    FusionMamba(**TINY).half().save_pretrained(weights_dir / "ct-mri-tiny")
+    monkeypatch.setattr(model_module, "BUNDLED_WEIGHTS_DIR", str(weights_dir))
+    monkeypatch.setitem(BUNDLED_CHECKPOINTS, "ct-mri-tiny", "a test checkpoint, trained on nothing")
+    monkeypatch.setitem(TASK_CHECKPOINTS, "ct-mri", "ct-mri-tiny")
+    return weights_dir
+
+
+def test_each_task_loads_its_registered_checkpoint(registry_with_a_task_checkpoint, tmp_path, capsys):
+    assert default_weights("ct-mri") == registry_with_a_task_checkpoint / "ct-mri-tiny"
+    assert bundled_weights("ct-mri") == (registry_with_a_task_checkpoint / "ct-mri-tiny", "ct-mri-tiny")
+    assert FusionMamba.from_pretrained("ct-mri-tiny").config["dims"] == TINY["dims"]
+    assert load_model(None, task="ct-mri").config["dims"] == TINY["dims"]
+    assert load_model(None, task="pet-mri").config["dims"] == PRESETS["small"]["dims"]
+    with pytest.raises(ValueError, match="no bundled weights for preset 'small'.*'ct-mri-tiny'"):
+        load_model(None, preset="small", task="ct-mri")
+
+    a_path, b_path = sample_pair("itk_brain")
+    out = tmp_path / "fused.png"
+    assert main(["fuse", str(a_path), str(b_path), "-o", str(out), "--task", "ct-mri", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fusionmamba fuse: using the bundled checkpoint 'ct-mri-tiny' for ct-mri: "
+                   "a test checkpoint, trained on nothing"]
+    assert load_image(out).shape == load_image(a_path).shape
+
+
+def test_a_task_without_bundled_weights_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.delitem(TASK_CHECKPOINTS, "gfp-pc")
+    with pytest.raises(ValueError, match="no bundled weights for task 'gfp-pc'.*--weights"):
+        default_weights("gfp-pc")
+    a_path, b_path = sample_pair("itk_brain")
+    out = tmp_path / "fused.png"
+    assert main(["fuse", str(a_path), str(b_path), "-o", str(out), "--task", "gfp-pc", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no bundled weights for task 'gfp-pc'" in err[0] and "--weights" in err[0], err
+    assert not out.exists()
+    untrained = load_model(None, preset="small", task="gfp-pc", allow_untrained=True)  # still possible on request
+    assert untrained.config["dims"] == PRESETS["small"]["dims"]
 
 
 def test_unknown_name_is_a_clear_error():
@@ -71,7 +129,8 @@ def test_cli_fuse_without_weights_uses_it_and_says_so(tmp_path, capsys):
     out = tmp_path / "fused.png"
     assert main(["fuse", str(a_path), str(b_path), "-o", str(out), "--device", "cpu"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "bundled checkpoint 'small'" in err[0], err
+    assert len(err) == 1 and "bundled checkpoint 'small' for ir-vis (the default; pass --task)" in err[0], err
+    assert BUNDLED_CHECKPOINTS["small"] in err[0]
     fused = load_image(out)
     assert fused.shape == load_image(a_path).shape
     assert os.path.getsize(out) > 0
@@ -82,3 +141,15 @@ def test_other_presets_do_not_get_the_bundled_weights():
     with pytest.raises(ValueError, match="no bundled weights for preset 'base'.*--weights"):
         load_model(None, preset="base")
     assert load_model(None, preset="small").config["dims"] == [16, 32, 64, 128]
+
+
+def test_the_note_names_only_weights_that_were_loaded(capsys):
+    """--preset tiny --allow-untrained gets a random model: no note claims the bundled weights."""
+    from fusionmamba_triton.cli import _say_bundled
+
+    assert bundled_weights("ir-vis", "tiny") == (None, "there are no bundled weights for preset 'tiny' "
+                                                       "(ir-vis ships 'small', preset 'small')")
+    _say_bundled("fuse", "ir-vis", "tiny", given_task=True)
+    assert capsys.readouterr().err == ""
+    _say_bundled("fuse", "ir-vis", "small", given_task=True)
+    assert capsys.readouterr().err.startswith("fusionmamba fuse: using the bundled checkpoint 'small' for ir-vis: ")

@@ -194,3 +194,107 @@ def test_cli_train_bad_input_is_one_line(dataset_dir, tmp_path, capsys):
     assert main(base + ["--val-metrics", "nope"]) == 1
     assert "nope" in capsys.readouterr().err
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# ---------------------------------------------------------------------- recipe options
+def test_loss_on_unclamped_gives_clipped_pixels_a_gradient():
+    """Bright inputs push the official head (+ 2 * (x1 + x2)) above 1 everywhere: clipped, nothing learns."""
+    from fusionmamba_triton.losses import FusionLoss
+    from fusionmamba_triton.train import compute_loss
+
+    torch.manual_seed(0)
+    model = FusionMamba(**TINY).train()
+    a, b = torch.full((1, 1, 64, 64), 0.9), torch.full((1, 1, 64, 64), 0.8)
+    a[..., ::2, :] -= 0.1  # some texture for the loss terms
+    grads = {}
+    for loss_on in ("clamped", "unclamped"):
+        model.zero_grad(set_to_none=True)
+        loss, terms = compute_loss(model, FusionLoss("official"), a, b, loss_on)
+        loss.backward()
+        grads[loss_on] = max(float(p.grad.abs().max()) if p.grad is not None else 0.0 for p in model.parameters())
+        assert set(terms) == {"intensity", "texture", "ssim"}
+    assert grads["clamped"] == 0.0
+    assert grads["unclamped"] > 1e-4
+
+
+def test_cached_dataset_gives_the_same_items_without_reading_files(dataset_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset_dir, copy)
+    pairs, _ = find_pairs(copy / "vi", copy / "ir")
+    plain = PairDataset(pairs, crop=64, seed=5)
+    cached = PairDataset(pairs, crop=64, seed=5, cache=True)
+    assert plain.cache_bytes == 0 and cached.cache_bytes == 4 * 2 * 70 * 80 * 4
+    expected = {(e, i): (plain.set_epoch(e), plain[i])[1] for e in (0, 3) for i in range(4)}
+    shutil.rmtree(copy)  # the cache needs no file any more
+    for (epoch, index), (a, b) in expected.items():
+        cached.set_epoch(epoch)
+        got = cached[index]
+        assert torch.equal(got[0], a) and torch.equal(got[1], b), (epoch, index)
+
+
+def test_validate_runs_in_eval_mode_without_gradients():
+    from fusionmamba_triton.train import validate
+
+    torch.manual_seed(0)
+    model = FusionMamba(**TINY).train()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append((module.training, torch.is_grad_enabled())))
+    rng = np.random.default_rng(0)
+    images = [(rng.random((48, 56)).astype(np.float32), rng.random((48, 56)).astype(np.float32)) for _ in range(2)]
+    scores = validate(model, images, ["ssim", "qabf"])
+    assert seen == [(False, False)] * 2
+    assert model.training  # restored
+    assert set(scores) == {"ssim", "qabf"} and all(np.isfinite(v) for v in scores.values())
+
+
+def test_cli_train_recipe_options_keep_the_best_checkpoint(dataset_dir, tmp_path, monkeypatch):
+    from fusionmamba_triton.cli import main
+
+    calls = []
+    set_threads = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), set_threads(n)))
+    before = torch.get_num_threads()
+    out = tmp_path / "run"
+    args = ["train", "--data", str(dataset_dir), "-o", str(out), "--model-config", json.dumps(TINY), "--crop", "64",
+            "--steps", "3", "--batch-size", "2", "--device", "cpu", "--workers", "0", "--lr", "1e-3",
+            "--val-a", str(dataset_dir / "vi"), "--val-b", str(dataset_dir / "ir"), "--val-every", "1",
+            "--val-metrics", "ssim", "--keep-best", "vif,ssim", "--loss-on", "unclamped", "--cache-images",
+            "--threads", "2", "--log-every", "1"]
+    assert main(args) == 0
+    assert before == 1 and calls == [2, 1] and torch.get_num_threads() == 1  # set for the run, then restored
+
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["cached_pairs"] == 4
+    reference = next(r["val_reference"]["average"] for r in log if "val_reference" in r)
+    assert set(reference) == {"ssim", "vif"}
+    vals = [r for r in log if "val" in r]
+    assert [r["step"] for r in vals] == [1, 2, 3]
+    steps = [r for r in log if "loss" in r]
+    assert all(r["data_seconds"] >= 0 and r["step_seconds"] > 0 for r in steps)
+    for r in vals:
+        assert r["val_seconds"] > 0 and set(r["val"]) == {"ssim", "vif"}
+        ratios = [r["val"][m] / reference[m] for m in ("vif", "ssim")]
+        assert r["val_score"] == pytest.approx(sum(ratios) / 2)
+        assert r["val_ratio"]["vif"] == pytest.approx(ratios[0])
+    best_step = max(vals, key=lambda r: r["val_score"])["step"]
+    assert [r["step"] for r in vals if r["best"]][-1] == best_step
+    best = json.loads((out / "best.json").read_text())
+    assert best["step"] == best_step and best["keep_best"] == ["vif", "ssim"]
+    assert (out / "best" / "model.safetensors").is_file() and (out / "final" / "model.safetensors").is_file()
+    config = torch.load(out / "last.pt", weights_only=True)["train_config"]
+    assert config["loss_on"] == "unclamped" and config["cache_images"] is True
+
+
+def test_keep_best_needs_validation_pairs(dataset_dir, tmp_path, capsys):
+    from fusionmamba_triton.cli import main
+
+    base = ["train", "--data", str(dataset_dir), "-o", str(tmp_path / "run"), "--model-config", json.dumps(TINY),
+            "--crop", "64", "--steps", "1", "--device", "cpu", "--workers", "0"]
+    assert main(base + ["--keep-best", "vif"]) == 1
+    assert "keep_best needs validation pairs" in capsys.readouterr().err
+    assert main(base + ["--keep-best", "nope", "--val-a", str(dataset_dir / "vi"), "--val-b", str(dataset_dir / "ir")]) == 1
+    assert "--keep-best: unknown metric(s) nope" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="loss_on"):
+        train(_config(dataset_dir, tmp_path / "run", loss_on="raw"))

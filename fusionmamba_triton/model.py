@@ -18,7 +18,6 @@ from torch import nn
 
 from .files import atomic_write
 from .layers import CMFM, LDC, SS2D, DVSSLayer, FinalPatchExpand, PatchEmbed, get_variant, infer_variant
-from .layers import VARIANT_NAMES  # noqa: F401  (re-exported: the names `variant` accepts)
 from .ops import check_backend_name
 
 PRESETS: dict[str, dict] = {

@@ -24,6 +24,7 @@ from .data import TASKS, find_pairs, find_task_dirs, list_images
 from .inference import AUTOCAST_DTYPES, COLOUR_SOURCES
 from .files import atomic_write
 from .imaging import IMAGE_EXTENSIONS, load_image
+from .layers.ablation import VARIANT_NAMES
 
 METHODS = ("model", "average", "max", "laplacian")
 
@@ -123,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="no random flips / rotations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loss", choices=("official", "paper"), default="official")
+    p.add_argument("--loss-without", nargs="+", choices=("int", "text", "ssim"), default=[], metavar="TERM",
+                   help="leave these loss terms out (int, text, ssim): the paper's loss ablation (Table 8)")
+    p.add_argument("--variant", choices=VARIANT_NAMES, default=None,
+                   help="train a structure ablation of the paper's Table 7 instead of the full model: " + ", ".join(VARIANT_NAMES))
     p.add_argument("--checkpoint-every", type=int, default=1000, help="write OUT/last.pt every N steps")
     p.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' for OUT/last.pt")
     p.add_argument("--val-a", type=Path, help="validation a image or folder")
@@ -402,7 +407,8 @@ def cmd_train(args) -> int:
         a_dir=str(a_dir), b_dir=str(b_dir), out_dir=str(args.out_dir), preset=args.preset, model_config=model_config,
         init_weights=args.weights, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         schedule=args.schedule, crop=None if args.resize else (args.crop or 256), resize=args.resize,
-        augment=not args.no_augment, seed=args.seed, loss=args.loss, checkpoint_every=args.checkpoint_every,
+        augment=not args.no_augment, seed=args.seed, loss=args.loss, loss_without=tuple(args.loss_without),
+        variant=args.variant, checkpoint_every=args.checkpoint_every,
         resume=args.resume, val_pairs=_val_pairs(args.val_a, args.val_b), val_every=args.val_every,
         val_metrics=tuple(args.val_metrics), keep_best=keep_best, loss_on=args.loss_on, cache_images=args.cache_images,
         threads=args.threads, amp=args.amp, device=args.device, backend=args.backend,

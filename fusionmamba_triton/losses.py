@@ -15,6 +15,9 @@ Two presets, all images (B, 1, H, W) in [0, 1]:
 "Sobel"). Small images: the 5-scale MS-SSIM needs a short side above 160 px for its 11-tap window;
 below that the window is cut at the coarse scales to the largest odd size that fits (e.g. 11, 11,
 11, 11, 7 for 128 px crops), and images with a short side under 33 px are rejected. SSIM needs 11 px.
+
+The paper's loss ablation (Table 8) leaves one term out: FusionLoss("paper", without=("ssim",)),
+with the terms named as in the paper: "int", "text", "ssim".
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ PRESETS = {
     "paper": {"intensity": 1.0, "texture": 1.0, "ssim": 10.0},
     "official": {"intensity": 10.0, "texture": 1.0, "ssim": 10.0},
 }
+# The paper's names for the terms (L_int, L_text, L_ssim) -> the keys of PRESETS and of the logged terms.
+TERM_NAMES = {"int": "intensity", "text": "texture", "ssim": "ssim"}
 _MS_SSIM_FLOOR = 1e-6  # clamp for cs / SSIM before the fractional powers: keeps gradients finite
 
 
@@ -66,17 +71,31 @@ def ssim_loss(fused: torch.Tensor, img1: torch.Tensor, img2: torch.Tensor, multi
 
 class FusionLoss(nn.Module):
     """Weighted FusionMamba loss. forward(fused, img1, img2), each (B, 1, H, W) in [0, 1], returns
-    (total, {"intensity", "texture", "ssim": detached scalar tensors})."""
+    (total, {"intensity", "texture", "ssim": detached scalar tensors}).
 
-    def __init__(self, preset: str = "official"):
+    `without`: terms left out of the total, by the paper's names ("int", "text", "ssim"); they are
+    still computed and returned, so logs of an ablation show how the missing term behaves.
+    """
+
+    def __init__(self, preset: str = "official", without=()):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        if isinstance(without, str):
+            without = (without,)
+        unknown = [t for t in without if t not in TERM_NAMES]
+        if unknown:
+            raise ValueError(f"without: unknown loss term(s) {unknown}; choose from {tuple(TERM_NAMES)}")
+        dropped = {TERM_NAMES[t] for t in without}
+        if len(dropped) == len(TERM_NAMES):
+            raise ValueError("without: leaving out every term leaves no loss")
         self.preset = preset
-        self.weights = dict(PRESETS[preset])
+        self.without = tuple(t for t in TERM_NAMES if TERM_NAMES[t] in dropped)  # canonical order
+        self.weights = {name: w for name, w in PRESETS[preset].items() if name not in dropped}
 
     def extra_repr(self) -> str:
-        return f"preset={self.preset!r}, weights={self.weights}"
+        without = f", without={self.without}" if self.without else ""
+        return f"preset={self.preset!r}{without}, weights={self.weights}"
 
     def forward(self, fused: torch.Tensor, img1: torch.Tensor, img2: torch.Tensor):
         _check_images(fused=fused, img1=img1, img2=img2)
@@ -86,7 +105,7 @@ class FusionLoss(nn.Module):
             "texture": texture_loss(fused, img1, img2),
             "ssim": ssim_loss(fused, img1, img2, multiscale=official),
         }
-        total = sum(self.weights[name] * value for name, value in terms.items())
+        total = sum(weight * terms[name] for name, weight in self.weights.items())
         return total, {name: value.detach() for name, value in terms.items()}
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .files import atomic_write
-from .layers import CMFM, DFFM, LDC, SS2D, DVSSLayer, FinalPatchExpand, PatchEmbed
+from .layers import CMFM, LDC, SS2D, DVSSLayer, FinalPatchExpand, PatchEmbed, get_variant, infer_variant
 from .ops import check_backend_name
 
 PRESETS: dict[str, dict] = {
@@ -63,6 +63,11 @@ class FusionMamba(nn.Module):
     head adds 2 * (x1 + x2). `backend` picks the op implementations ("auto", "reference",
     "torch", "triton"); `cmfm_gate="paper"` switches CMFM's second gate to the paper's variant
     (checkpoints were trained with "official").
+
+    `variant` builds one of the paper's structure ablations (Table 7) instead of the full model:
+    "dvss_to_evss", "dvss_to_transformer", "dffm_to_dvss", "no_dfem" or "no_cmfm"
+    (fusionmamba_triton.layers.ablation says what each removes or replaces). None, the default,
+    is the full model with the official state_dict.
     """
 
     def __init__(self, *, patch_size: int = 4, in_chans: int = 1,
@@ -70,8 +75,9 @@ class FusionMamba(nn.Module):
                  dims: Sequence[int] | int = (96, 192, 384, 768), dims_decoder: Sequence[int] = (768, 384, 192, 96),
                  d_state: int = 16, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.1, use_checkpoint: bool = False, cmfm_gate: str = "official",
-                 backend: str = "auto"):
+                 variant: str | None = None, backend: str = "auto"):
         super().__init__()
+        blocks = get_variant(variant)
         num_layers = len(depths)
         if isinstance(dims, int):
             dims = [dims * 2 ** i for i in range(num_layers)]
@@ -82,7 +88,7 @@ class FusionMamba(nn.Module):
         self._config = dict(patch_size=patch_size, in_chans=in_chans, depths=depths, depths_decoder=depths_decoder,
                             dims=dims, dims_decoder=dims_decoder, d_state=d_state, drop_rate=drop_rate,
                             attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-                            use_checkpoint=use_checkpoint, cmfm_gate=cmfm_gate)
+                            use_checkpoint=use_checkpoint, cmfm_gate=cmfm_gate, variant=variant)
         self.backend = backend
         self.size_multiple = patch_size * 2 ** (num_layers - 1)
 
@@ -92,7 +98,8 @@ class FusionMamba(nn.Module):
 
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         rates_decoder = torch.linspace(0, drop_path_rate, sum(depths_decoder), device="cpu").tolist()[::-1]
-        common = dict(d_state=d_state, attn_drop=attn_drop_rate, use_checkpoint=use_checkpoint, backend=backend)
+        common = dict(d_state=d_state, attn_drop=attn_drop_rate, use_checkpoint=use_checkpoint, backend=backend,
+                      block=blocks.stage_block)
         self.layers = nn.ModuleList(
             DVSSLayer(dims[i], depths[i], rates[sum(depths[:i]):sum(depths[:i + 1])],
                       downsample=i < num_layers - 1, **common)
@@ -108,7 +115,7 @@ class FusionMamba(nn.Module):
         # Cross_block[0] fuses the finest skip, which the official decoder never uses; it is kept
         # for the checkpoint keys and skipped in forward (the output does not depend on it).
         self.Cross_block = nn.ModuleList(
-            DFFM(dims[i], d_state=d_state, attn_drop=attn_drop_rate, cmfm_gate=cmfm_gate, backend=backend)
+            blocks.fusion_block(dims[i], d_state=d_state, attn_drop=attn_drop_rate, cmfm_gate=cmfm_gate, backend=backend)
             for i in range(num_layers)
         )
         self.apply(_init_weights)
@@ -185,14 +192,14 @@ class FusionMamba(nn.Module):
         Accepts an official .pth/.pt (a plain state_dict, one wrapped under "model" or
         "state_dict", DataParallel "module." prefixes allowed), a .safetensors file, a directory
         written by save_pretrained, or a state dict. The configuration comes from `preset`, else
-        from the directory's config.json, else it is inferred from the tensor shapes; keyword
-        `overrides` are applied on top.
+        from the directory's config.json, else it is inferred from the tensor shapes (the ablation
+        `variant` from the key names); keyword `overrides` are applied on top.
         """
         state_dict, config, source = _read_checkpoint(path_or_state_dict, map_location)
         if preset is not None:
             if preset not in PRESETS:
                 raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-            config = copy.deepcopy(PRESETS[preset])
+            config = {**copy.deepcopy(PRESETS[preset]), "variant": infer_variant(state_dict)}
         elif config is None:
             config = infer_config(state_dict, source)
         model = cls(**{**config, **overrides, "backend": backend})
@@ -338,6 +345,9 @@ def infer_config(state_dict: Mapping, where: str = "the state dict") -> dict:
                   depths_decoder=depths_decoder, dims_decoder=dims[::-1])
     if a_logs is not None:
         config["d_state"] = int(a_logs.shape[-1])
+    variant = infer_variant(state_dict)
+    if variant is not None:
+        config["variant"] = variant
     return config
 
 
@@ -355,5 +365,6 @@ def _check_state_dict(model: nn.Module, state_dict: Mapping, where: str, shown: 
         if items:
             more = f", ... ({len(items) - shown} more)" if len(items) > shown else ""
             parts.append(f"{len(items)} {label}: {', '.join(items[:shown])}{more}")
-    cfg = ", ".join(f"{k}={v}" for k, v in model.config.items() if k in ("dims", "depths", "depths_decoder", "d_state"))
+    cfg = ", ".join(f"{k}={v}" for k, v in model.config.items()
+                    if k in ("dims", "depths", "depths_decoder", "d_state") or (k == "variant" and v is not None))
     raise ValueError(f"{where} does not fit FusionMamba({cfg}): " + "; ".join(parts))

@@ -39,6 +39,7 @@ class TrainConfig:
     out_dir: str = "runs/fusionmamba"
     preset: str = "base"
     model_config: dict = dataclasses.field(default_factory=dict)  # overrides of the preset's constructor kwargs
+    variant: str | None = None  # a structure ablation (FusionMamba's `variant`); None: the full model
     init_weights: str | None = None  # start from these weights instead of a random init
     epochs: int = 2
     steps: int | None = None  # overrides epochs
@@ -50,6 +51,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     loss: str = "official"
+    loss_without: tuple = ()  # loss terms left out ("int", "text", "ssim"): the paper's loss ablation
     checkpoint_every: int = 1000
     resume: str | None = None  # a checkpoint path, or "auto" for out_dir/last.pt when it exists
     val_pairs: list = dataclasses.field(default_factory=list)  # [(a_path, b_path), ...]
@@ -87,6 +89,11 @@ class TrainConfig:
         size = self.crop if self.crop is not None else self.resize
         if size % 32:
             raise ValueError(f"crop / resize must be a multiple of 32, got {size}")
+        from .layers import get_variant
+        from .losses import FusionLoss
+
+        get_variant(self.variant)
+        FusionLoss(self.loss, without=self.loss_without)  # checks the preset and the term names
 
 
 def lr_factor(schedule: str, steps_per_epoch: int, total_steps: int):
@@ -164,10 +171,12 @@ def _setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
 def build_model(config: TrainConfig, device: torch.device):
     from .model import FusionMamba
 
+    variant = {} if config.variant is None else {"variant": config.variant}
     if config.init_weights is not None:
-        model = FusionMamba.from_pretrained(config.init_weights, preset=config.preset, map_location="cpu", backend=config.backend)
+        model = FusionMamba.from_pretrained(config.init_weights, preset=config.preset, map_location="cpu",
+                                            backend=config.backend, **variant)
     else:
-        model = FusionMamba.from_preset(config.preset, backend=config.backend, **config.model_config)
+        model = FusionMamba.from_preset(config.preset, backend=config.backend, **{**config.model_config, **variant})
     return model.to(device)
 
 
@@ -247,7 +256,7 @@ def train(config: TrainConfig) -> dict:
         torch.manual_seed(config.seed)
         model = build_model(config, device)
         model.train()
-        criterion = FusionLoss(preset=config.loss).to(device)
+        criterion = FusionLoss(preset=config.loss, without=config.loss_without).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, steps_per_epoch, total_steps))
         amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[config.amp]

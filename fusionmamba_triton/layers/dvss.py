@@ -64,15 +64,16 @@ class DVSSBlock(nn.Module):
 
 class DVSSLayer(nn.Module):
     """An encoder stage (`blocks`, then optional `downsample`) or a decoder stage
-    (optional `upsample`, then `blocks`)."""
+    (optional `upsample`, then `blocks`). `block` is the block class (DVSSBlock, or an ablation's
+    replacement with the same constructor)."""
 
     def __init__(self, dim: int, depth: int, drop_path: list[float], d_state: int = 16,
                  attn_drop: float = 0.0, downsample: bool = False, upsample: bool = False,
-                 use_checkpoint: bool = False, backend: str = "auto"):
+                 use_checkpoint: bool = False, backend: str = "auto", block: type = DVSSBlock):
         super().__init__()
         self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
-            DVSSBlock(dim, d_state=d_state, drop_path=drop_path[i], attn_drop=attn_drop, backend=backend)
+            block(dim, d_state=d_state, drop_path=drop_path[i], attn_drop=attn_drop, backend=backend)
             for i in range(depth)
         )
         self.downsample = PatchMerging(dim) if downsample else None

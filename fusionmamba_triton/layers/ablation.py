@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .attention import ECA
+from .common import LayerNorm
 from .dffm import CMFM, DFEM, DFFM
 from .dvss import DVSSBlock
 from .evss import EVSSBlock
@@ -29,8 +30,8 @@ class DFFMWithoutDFEM(nn.Module):
     def __init__(self, dim: int, d_state: int = 16, attn_drop: float = 0.0, cmfm_gate: str = "official",
                  backend: str = "auto"):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(dim)
-        self.ln_2 = nn.LayerNorm(dim)
+        self.ln_1 = LayerNorm(dim)
+        self.ln_2 = LayerNorm(dim)
         self.self_attention_cross = CMFM(dim, d_state=d_state, dropout=attn_drop, gate=cmfm_gate, backend=backend)
         self.self_attention_cross_spatial = ECA()
 

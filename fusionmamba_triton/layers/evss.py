@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .attention import BiAttn
-from .common import DropPath
+from .common import DropPath, LayerNorm
 from .dvss import Mlp
 from .essm import SS2D
 
@@ -28,7 +28,7 @@ class EVSSBlock(nn.Module):
     def __init__(self, dim: int, d_state: int = 16, drop_path: float = 0.0, attn_drop: float = 0.0,
                  mlp_ratio: float = 4.0, backend: str = "auto"):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
         self.op = SS2D(dim, d_state=d_state, dropout=attn_drop, backend=backend)
         self.conv_branch = nn.Sequential(
             nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim),
@@ -37,7 +37,7 @@ class EVSSBlock(nn.Module):
             nn.Conv2d(dim, dim, kernel_size=1),
         )
         self.se = BiAttn(dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DropPath
+from .common import DropPath, LayerNorm
 from .dvss import Mlp
 
 
@@ -58,9 +58,9 @@ class TransformerBlock(nn.Module):
         super().__init__()
         del d_state, backend  # no state-space op in this block
         self.pos = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
         self.attn = GlobalSelfAttention(dim, num_heads_for(dim), attn_drop=attn_drop)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 

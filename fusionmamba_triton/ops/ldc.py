@@ -36,11 +36,14 @@ def ldc_conv2d_ref(x, weight, base_mask, learnable_mask, theta):
     return F.conv2d(x, ldc_modulated_weight(weight, base_mask, learnable_mask, theta).to(x.dtype), padding=1)
 
 
-def _modulated_weight_torch(weight, base_mask, learnable_mask, theta, dtype):
-    """ldc_modulated_weight without autograd: one full-size product, then only the centre tap changes."""
-    modulated = weight * base_mask
-    modulated[:, :, 1, 1] -= theta * learnable_mask * weight.sum(dim=(2, 3)) * weight[:, :, 1, 1]
-    return modulated.to(dtype)
+def _modulated_weight_torch(weight, base_mask, learnable_mask, theta, dtype, memory_format=torch.contiguous_format):
+    """ldc_modulated_weight without autograd, in `dtype` and `memory_format` (the layout the convolution
+    wants, so that it makes no copy): one full-size product, then only the centre tap changes (in fp32)."""
+    modulated = torch.empty_like(weight, dtype=dtype, memory_format=memory_format)
+    torch.mul(weight, base_mask, out=modulated)
+    centre = weight[:, :, 1, 1] * (base_mask[:, :, 1, 1] - theta * learnable_mask * weight.sum(dim=(2, 3)))
+    modulated[:, :, 1, 1] = centre
+    return modulated
 
 
 def _triton_kernels():
@@ -63,7 +66,8 @@ def _ldc_conv2d_op(x: torch.Tensor, weight: torch.Tensor, base_mask: torch.Tenso
     if backend == "reference":
         out = ldc_conv2d_ref(x, weight, base_mask, learnable_mask, theta)
     else:
-        out = F.conv2d(x, _modulated_weight_torch(weight, base_mask, learnable_mask, theta, x.dtype), padding=1)
+        modulated = _modulated_weight_torch(weight, base_mask, learnable_mask, theta, x.dtype, _memory_format(x))
+        out = F.conv2d(x, modulated, padding=1)
     return out.contiguous(memory_format=_memory_format(x))
 
 
@@ -88,7 +92,7 @@ def _modulation_backward_torch(grad_modulated, weight, base_mask, learnable_mask
 
 def _backward_torch(grad_out, x, weight, base_mask, learnable_mask, theta):
     """One aten convolution_backward for both convolution gradients, then the modulation in closed form."""
-    modulated = _modulated_weight_torch(weight, base_mask, learnable_mask, theta, x.dtype)
+    modulated = _modulated_weight_torch(weight, base_mask, learnable_mask, theta, x.dtype, _memory_format(x))
     grad_x, grad_modulated, _ = torch.ops.aten.convolution_backward(
         grad_out, x, modulated, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False])
     return (grad_x, *_modulation_backward_torch(grad_modulated, weight, base_mask, learnable_mask, theta))

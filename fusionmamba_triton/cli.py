@@ -9,26 +9,83 @@
 Inputs: a is the visible / MRI / phase-contrast image (the model's x1), b the infrared / CT /
 PET / SPECT / GFP one (x2). Errors print one line on stderr and exit non-zero; outputs are
 written whole or not at all.
+
+The error boundary of `fuse` and `evaluate` is the pair: a pair that cannot be read, fused or
+scored (or a file without a partner) is reported in one line naming its files, the other pairs
+still run, and the exit status is 1 if any failed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
+import math
 import sys
+import warnings
 from pathlib import Path
 
+from .baselines import BASELINES
 from .data import TASKS, find_pairs, find_task_dirs, list_images
-from .inference import AUTOCAST_DTYPES, COLOUR_SOURCES
 from .files import atomic_write
-from .imaging import IMAGE_EXTENSIONS, load_image
+from .imaging import IMAGE_EXTENSIONS, load_image, max_image_pixels, set_max_image_pixels
+from .inference import AUTOCAST_DTYPES, COLOUR_SOURCES
+from .losses import PRESETS as LOSS_PRESETS
+from .model import PRESETS
+from .ops import BACKENDS
 
-METHODS = ("model", "average", "max", "laplacian")
+METHODS = ("model",) + BASELINES
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
+
+
+def describe_error(exc: BaseException, paths=()) -> str:
+    """One line for a failure: its message (with the exception type when that is not self-explanatory),
+    prefixed with the files involved unless the message already names one."""
+    import torch
+
+    text = str(exc).strip()
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        message = "out of GPU memory; fuse in tiles with e.g. --tile 512"
+    elif isinstance(exc, MemoryError) or "can't allocate memory" in text:
+        message = "out of memory; fuse in tiles with e.g. --tile 512"
+    else:
+        message = text.splitlines()[0] if text else ""
+        if not isinstance(exc, (CLIError, ValueError, OSError)):
+            message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if paths and not any(str(p) in message for p in paths):
+        message = f"{' + '.join(str(p) for p in paths)}: {message}"
+    return message
+
+
+class PairFailures:
+    """The error boundary of a batch: run each pair inside `pair(key, *paths)`; an exception there is
+    reported as one line on stderr and recorded, and the batch goes on."""
+
+    def __init__(self, command: str):
+        self.command = command
+        self.failed: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def pair(self, key: str, *paths):
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - one bad pair must not stop the batch
+            self.report(key, describe_error(exc, paths))
+
+    def report(self, key: str, message: str) -> None:
+        from tqdm import tqdm
+
+        self.failed[key] = message
+        tqdm.write(f"fusionmamba {self.command}: error: {message}", file=sys.stderr)
+
+    def report_unmatched(self, unmatched, a_dir: Path, b_dir: Path) -> None:
+        for path in unmatched:
+            other = b_dir if Path(path).parent == Path(a_dir) else a_dir
+            self.report(str(path), f"{path}: no image named {Path(path).stem} in {other}, skipped")
 
 
 def _add_task_args(p: argparse.ArgumentParser, paired_dirs: bool = True) -> None:
@@ -43,10 +100,16 @@ def _add_task_args(p: argparse.ArgumentParser, paired_dirs: bool = True) -> None
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="checkpoint: .safetensors / .pth file, a folder written by save_pretrained, or a training last.pt")
-    p.add_argument("--preset", choices=("base", "tiny", "small"), default=None,
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model configuration (default: read from the checkpoint)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", choices=("auto", "reference", "torch", "triton"), default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+
+
+def _add_max_pixels_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help=f"read images of up to this many pixels (default {max_image_pixels() or 0:,}, Pillow's guard "
+                        "against decompression bombs); raise it only for images you trust, and fuse them with --tile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default="model", help="FusionMamba or a classical baseline")
     p.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="fp32", help="autocast precision (GPU)")
     p.add_argument("--tile", type=int, default=None, help="fuse in overlapping tiles of this size (multiple of 32) to save memory")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels, at most tile/2 (default min(64, tile/4))")
+    _add_max_pixels_arg(p)
     p.add_argument("--colour-source", choices=COLOUR_SOURCES, default=None,
                    help="whose colour the output keeps (default: the task's, else whichever input is colour)")
     p.add_argument("--ext", default=".png", help="output file type for folders (default .png)")
@@ -76,11 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", default="canonical", help="metric convention (see fusionmamba_triton.metrics.CONVENTIONS)")
     p.add_argument("--csv", type=Path, help="write per-image scores and the mean as CSV")
     p.add_argument("--json", type=Path, help="write per-image scores and the mean as JSON")
+    _add_max_pixels_arg(p)
 
     p = sub.add_parser("train", help="train on paired folders (runs under torchrun as DDP)")
     _add_task_args(p)
     p.add_argument("-o", "--out-dir", type=Path, default=Path("runs/fusionmamba"), help="checkpoints, log.jsonl and final/")
-    p.add_argument("--preset", choices=("base", "tiny", "small"), default="base")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="base")
     p.add_argument("--model-config", default=None, help="JSON object (or a .json file) overriding the preset's constructor arguments")
     p.add_argument("--weights", default=None, help="initialise from these weights")
     p.add_argument("--epochs", type=int, default=2)
@@ -94,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--resize", type=int, default=None, help="resize whole images to this square size instead (the official recipe: 256)")
     p.add_argument("--no-augment", action="store_true", help="no random flips / rotations")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--loss", choices=("official", "paper"), default="official")
+    p.add_argument("--loss", choices=tuple(LOSS_PRESETS), default="official")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="write OUT/last.pt every N steps")
     p.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' for OUT/last.pt")
     p.add_argument("--val-a", type=Path, help="validation a image or folder")
@@ -103,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-metrics", nargs="+", default=["vif", "qabf", "ssim"])
     p.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="mixed precision (GPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", choices=("auto", "reference", "torch", "triton"), default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--workers", type=int, default=2, help="data-loader processes")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--weights-digest", action="store_true",
@@ -131,8 +196,14 @@ def _device(name: str):
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
+def _apply_max_pixels(args) -> None:
+    if args.max_pixels is not None:
+        if args.max_pixels < 1:
+            raise CLIError(f"--max-pixels must be positive, got {args.max_pixels}")
+        set_max_image_pixels(args.max_pixels)
+
+
 def cmd_fuse(args) -> int:
-    import torch
     from tqdm import tqdm
 
     single = args.a is not None or args.b is not None
@@ -144,13 +215,20 @@ def cmd_fuse(args) -> int:
         args.ext = "." + args.ext
     if args.ext.lower() not in IMAGE_EXTENSIONS:
         raise CLIError(f"--ext: unsupported image type {args.ext!r}; choose from {', '.join(IMAGE_EXTENSIONS)}")
-    if args.tile is not None and (args.tile <= 0 or args.tile % 32 or not 0 <= args.overlap < args.tile):
-        raise CLIError(f"--tile must be a positive multiple of 32 and --overlap in [0, tile), got {args.tile} and {args.overlap}")
+    if args.tile is not None:
+        from .inference import check_tiling
+
+        try:
+            check_tiling(args.tile, args.overlap)
+        except ValueError as exc:
+            raise CLIError(f"--tile / --overlap: {exc}") from None
+    _apply_max_pixels(args)
     if single:
         output = args.output / (args.a.stem + args.ext) if args.output.is_dir() else args.output
         jobs, unmatched = [(args.a.stem, args.a, args.b, output)], []
     else:
-        pairs, unmatched = find_pairs(*_pair_dirs(args))
+        a_dir, b_dir = _pair_dirs(args)
+        pairs, unmatched = find_pairs(a_dir, b_dir)
         if args.output.exists() and not args.output.is_dir():
             raise CLIError(f"{args.output}: exists and is not a folder (two folders need an output folder)")
         jobs = [(stem, a, b, args.output / (stem + args.ext)) for stem, a, b in pairs]
@@ -184,53 +262,63 @@ def cmd_fuse(args) -> int:
     from .imaging import save_image
 
     jobs[0][3].parent.mkdir(parents=True, exist_ok=True)
-    for path in unmatched:
-        print(f"fusionmamba fuse: warning: {path}: no file of the same name in the other folder, skipped", file=sys.stderr)
-    failed = 0
+    failures = PairFailures("fuse")
+    if not single:
+        failures.report_unmatched(unmatched, a_dir, b_dir)
     for stem, a_path, b_path, out_path in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
-        try:
-            fused = fuser(load_image(a_path), load_image(b_path))
-            save_image(out_path, fused)
-        except (ValueError, torch.cuda.OutOfMemoryError) as exc:
-            failed += 1
-            message = str(exc).splitlines()[0]
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                message = "out of GPU memory; fuse in tiles with e.g. --tile 512"
-            if str(a_path) not in message and str(b_path) not in message:
-                message = f"{a_path} + {b_path}: {message}"
-            tqdm.write(f"fusionmamba fuse: error: {message}", file=sys.stderr)
-    if failed and len(jobs) > 1:
-        print(f"fusionmamba fuse: {failed} of {len(jobs)} pairs failed", file=sys.stderr)
-    return 1 if failed else 0
+        with failures.pair(stem, a_path, b_path):
+            save_image(out_path, fuser(load_image(a_path), load_image(b_path)))
+    total = len(jobs) + len(unmatched)
+    if failures.failed and total > 1:
+        print(f"fusionmamba fuse: {len(failures.failed)} of {total} pairs failed", file=sys.stderr)
+    return 1 if failures.failed else 0
 
 
 def cmd_evaluate(args) -> int:
-    from .metrics import CONVENTIONS, evaluate
+    from .metrics import CONVENTIONS, UndefinedMetricWarning, evaluate
 
     names = args.metrics
     _check_metric_names("--metrics", names or [])
     if args.convention not in CONVENTIONS:
         raise CLIError(f"--convention: unknown convention {args.convention!r}; choose from {', '.join(CONVENTIONS)}")
-    pairs, _ = find_pairs(*_pair_dirs(args))
+    _apply_max_pixels(args)
+    a_dir, b_dir = _pair_dirs(args)
+    pairs, unmatched = find_pairs(a_dir, b_dir)
     fused_images = list_images(args.fused_dir)
     scores: dict[str, dict[str, float]] = {}
-    failures: dict[str, str] = {}
+    too_small: dict[str, list[str]] = {}  # metric -> images it is NaN for
+    reasons: dict[str, str] = {}
+    failures = PairFailures("evaluate")
+    failures.report_unmatched(unmatched, a_dir, b_dir)
     for stem, a_path, b_path in pairs:
-        try:
-            if stem not in fused_images:
+        fused_path = fused_images.get(stem)
+        with failures.pair(stem, a_path, b_path, *([fused_path] if fused_path else [])):
+            if fused_path is None:
                 raise ValueError(f"{args.fused_dir}: no fused image named {stem}")
-            a, b, f = (load_image(p) * 255.0 for p in (a_path, b_path, fused_images[stem]))
+            a, b, f = (load_image(p) * 255.0 for p in (a_path, b_path, fused_path))
             if not a.shape[:2] == b.shape[:2] == f.shape[:2]:
-                raise ValueError(f"{fused_images[stem]}: sizes differ (a {a.shape}, b {b.shape}, fused {f.shape})")
-            scores[stem] = {k: float(v) for k, v in evaluate(a, b, f, metrics=names, convention=args.convention).items()}
-        except ValueError as exc:
-            failures[stem] = str(exc)
-            print(f"fusionmamba evaluate: error: {exc}", file=sys.stderr)
+                raise ValueError(f"{fused_path}: sizes differ (a {a.shape}, b {b.shape}, fused {f.shape})")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UndefinedMetricWarning)
+                result = evaluate(a, b, f, metrics=names, convention=args.convention)
+            for w in caught:
+                if isinstance(w.message, UndefinedMetricWarning):
+                    for metric, reason in w.message.reasons.items():
+                        too_small.setdefault(metric, []).append(stem)
+                        reasons[metric] = reason
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            scores[stem] = {k: float(v) for k, v in result.items()}
     if not scores:
         raise CLIError("no image could be evaluated")
     columns = list(next(iter(scores.values())))
-    mean = {c: sum(s[c] for s in scores.values()) / len(scores) for c in columns}
+    mean = {c: _mean_of_defined([s[c] for s in scores.values()]) for c in columns}
     print(_table(scores, mean, columns))
+    if too_small:
+        listed = "; ".join(f"{metric} on {len(stems)} of {len(scores)} image(s) ({', '.join(stems[:5])}"
+                           f"{', ...' if len(stems) > 5 else ''}): {reasons[metric]}" for metric, stems in too_small.items())
+        print(f"fusionmamba evaluate: warning: NaN where an image is too small, left out of the mean: {listed}",
+              file=sys.stderr)
     if args.csv is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -240,9 +328,26 @@ def cmd_evaluate(args) -> int:
         writer.writerow(["mean"] + [repr(mean[c]) for c in columns])
         atomic_write(args.csv, lambda f: f.write(buffer.getvalue()), mode="w")
     if args.json is not None:
-        report = {"convention": args.convention, "metrics": columns, "images": scores, "mean": mean, "failed": failures}
-        atomic_write(args.json, lambda f: json.dump(report, f, indent=2), mode="w")
-    return 1 if failures else 0
+        report = {"convention": args.convention, "metrics": columns, "images": _nan_to_none(scores),
+                  "mean": _nan_to_none(mean), "failed": failures.failed}
+        atomic_write(args.json, lambda f: json.dump(report, f, indent=2, allow_nan=False), mode="w")
+    if failures.failed:
+        print(f"fusionmamba evaluate: {len(failures.failed)} of {len(pairs) + len(unmatched)} pairs failed",
+              file=sys.stderr)
+    return 1 if failures.failed else 0
+
+
+def _mean_of_defined(values: list[float]) -> float:
+    """Mean over the values that are not NaN (NaN if none is)."""
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else float("nan")
+
+
+def _nan_to_none(tree):
+    """JSON has no NaN or infinity: such scores (undefined, or PSNR of identical images) are written as null."""
+    if isinstance(tree, dict):
+        return {k: _nan_to_none(v) for k, v in tree.items()}
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
 
 
 def _check_metric_names(option: str, names) -> None:
@@ -310,9 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CLIError, ValueError, FileNotFoundError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"fusionmamba {args.command}: error: {message}", file=sys.stderr)
+    except (CLIError, ValueError, OSError) as exc:
+        print(f"fusionmamba {args.command}: error: {describe_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fusionmamba: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -33,7 +34,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 # Checkpoints shipped in assets/weights/<name>/ (save_pretrained folders), name -> what it is.
-# The one registry: FusionMamba.from_pretrained(name) and fuse.default_weights() both read it.
+# The one registry: FusionMamba.from_pretrained(name) and inference.default_weights() both read it.
 BUNDLED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "weights")
 BUNDLED_CHECKPOINTS = {
     "small": "'small' preset (3.0 M parameters, stored fp16), trained 1100 steps (19 min) on a 2-core CPU "
@@ -264,6 +265,9 @@ def _read_checkpoint(source, map_location):
 
 
 def _load_file(path: str, map_location) -> Mapping:
+    if not path.endswith(".safetensors") and not _looks_like_torch_save(path):
+        raise ValueError(f"could not read checkpoint {path}: not a PyTorch checkpoint (.pth / .pt), a .safetensors "
+                         "file or a save_pretrained folder")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -271,8 +275,20 @@ def _load_file(path: str, map_location) -> Mapping:
             device = str(map_location) if map_location is not None else "cpu"
             return load_file(path, device=device)
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refuses pickled objects other than tensors and containers
+        raise ValueError(f"could not read checkpoint {path}: it stores Python objects besides tensors, which are not "
+                         "loaded for safety; if you trust the file, read it with torch.load(path, weights_only=False), "
+                         "torch.save its state dict alone and pass that file") from None
     except Exception as exc:
-        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"could not read checkpoint {path}: {message}") from exc
+
+
+def _looks_like_torch_save(path: str) -> bool:
+    """True for files torch.save can have written: a zip archive, or a legacy pickle (protocol 2+)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _unwrap_state_dict(state, where: str) -> dict:

@@ -245,7 +245,10 @@ def ms_ssim(a, b, f, convention="canonical"):
 
 
 def vif_p(reference: np.ndarray, distorted: np.ndarray, noise_var: float = 2.0) -> float:
-    """Sheikh & Bovik pixel-domain multiscale VIF (vifp_mscale.m) of a distorted image against a reference."""
+    """Sheikh & Bovik pixel-domain multiscale VIF (vifp_mscale.m) of a distorted image against a reference.
+
+    NaN when the reference is flat at every scale (the ratio is 0 / 0).
+    """
     num = den = 0.0
     ref, dist = reference, distorted
     for scale in range(1, 5):
@@ -273,7 +276,7 @@ def vif_p(reference: np.ndarray, distorted: np.ndarray, noise_var: float = 2.0) 
         sv = np.maximum(sv, 1e-10)
         num += float(np.log10(1.0 + g * g * s1 / (sv + noise_var)).sum())
         den += float(np.log10(1.0 + s1 / noise_var).sum())
-    return num / den
+    return num / den if den > 0 else float("nan")  # a flat reference carries no information
 
 
 def vif(a, b, f, convention="canonical"):

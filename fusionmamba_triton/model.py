@@ -1,5 +1,5 @@
-"""FusionMamba (official class `VSSM_Fusion`), docs/fusionmamba_spec.md §1: wiring, presets,
-checkpoint loading and saving.
+"""FusionMamba (official class `VSSM_Fusion`): wiring, presets, checkpoint loading and saving.
+The architecture is described in the README, "Design notes".
 
 Module and parameter names (`patch_embed1`, `layers`, `layers_up`, `Cross_block`, `final_up`,
 `final_conv`, ...) and their registration order are fixed by the official checkpoints: an

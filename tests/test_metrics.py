@@ -325,7 +325,7 @@ def test_nabf_cases():
 
 
 def _qabf_by_loops(a, b, f):
-    """Q^AB/F pixel by pixel as docs/metrics.md states it (conv2 'same' Sobel, the G = g_F quirk)."""
+    """Q^AB/F pixel by pixel as its docstring states it (conv2 'same' Sobel, the G = g_F quirk)."""
     from scipy.signal import convolve2d
 
     kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=float)
@@ -354,7 +354,7 @@ def _qabf_by_loops(a, b, f):
 
 
 def _nabf_by_loops(f, a, b):
-    """Nabf pixel by pixel as docs/metrics.md states it (Sobel/8, periodic extension)."""
+    """Nabf pixel by pixel as its docstring states it (Sobel/8, periodic extension)."""
     from scipy.signal import convolve2d
 
     hv = np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]], dtype=float) / 8
@@ -397,7 +397,7 @@ def test_qabf_and_nabf_match_pixel_loops(fusion):
 
 
 def _window_fmi(x, y):
-    """FMI of one window pair, literally as docs/metrics.md states it (explicit joint PMF)."""
+    """FMI of one window pair, literally as its docstring states it (explicit joint PMF)."""
     if np.array_equal(x, y):
         return 1.0
 

@@ -50,11 +50,10 @@ def max_image_pixels() -> int | None:
 def set_max_image_pixels(pixels: int | None) -> None:
     """Let load_image read images of up to `pixels` pixels (None: any size), for the whole process.
 
-    Pillow keeps half the limit, so an odd `pixels` is rounded up to the next even number.
-
     Pillow refuses images above about 179 M pixels by default, so that a small file that declares
     a huge size cannot exhaust memory. Raise the limit only for images you trust, and fuse them in
-    tiles (fuse(..., tile=512)) to bound the model's memory.
+    tiles (fuse(..., tile=512)) to bound the model's memory. Pillow stores half the limit, so an
+    odd `pixels` is rounded up to the next even number.
     """
     if pixels is not None and pixels < 1:
         raise ValueError(f"the pixel limit must be positive or None, got {pixels}")
@@ -160,6 +159,7 @@ def rgb_to_grey(rgb):
         raise ValueError(f"expected 3 channels on the last axis, got shape {tuple(rgb.shape)}")
     weights = _RGB_TO_YCBCR[0]
     if isinstance(rgb, torch.Tensor):
+        rgb = rgb if rgb.is_floating_point() else rgb.float()
         return rgb @ torch.as_tensor(weights, dtype=rgb.dtype, device=rgb.device)
     rgb = np.asarray(rgb)
     dtype = rgb.dtype if np.issubdtype(rgb.dtype, np.floating) else np.float32

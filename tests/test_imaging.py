@@ -131,6 +131,8 @@ def test_luma_is_bt601_y_in_numpy_and_torch():
     np.testing.assert_allclose(rgb_to_grey(x * 255), expected * 255, atol=1e-9)  # scale-free: metrics use 0-255
     np.testing.assert_allclose(rgb_to_grey(x), rgb_to_ycbcr(x)[..., 0], atol=1e-12)
     np.testing.assert_allclose(rgb_to_grey(torch.from_numpy(x)).numpy(), expected, atol=1e-12)
+    as_uint8 = (x * 255).astype(np.uint8)
+    np.testing.assert_allclose(rgb_to_grey(torch.from_numpy(as_uint8)).numpy(), rgb_to_grey(as_uint8), atol=1e-4)
     assert rgb_to_grey(x.astype(np.float32)).dtype == np.float32
     with pytest.raises(ValueError, match="3 channels"):
         rgb_to_grey(x[..., :2])

@@ -184,9 +184,10 @@ def train_config(args, run: Run, train_a, train_b):
 
 def score(model, val_pairs) -> dict:
     """{stem: {metric: value}} over the val pairs (the trainer's own validation, one pair at a time)."""
-    from fusionmamba_triton.train import validate
+    from fusionmamba_triton.train import load_val_images, validate
 
-    return {stem: validate(model, [(a, b)], METRICS) for stem, a, b in val_pairs}
+    images = load_val_images([(a, b) for _, a, b in val_pairs])
+    return {stem: validate(model, [pair], METRICS) for (stem, _, _), pair in zip(val_pairs, images)}
 
 
 def run_one(args, run: Run, train_a, train_b, val_pairs) -> dict:

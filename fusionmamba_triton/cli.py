@@ -10,27 +10,84 @@
 Inputs: a is the visible / MRI / phase-contrast image (the model's x1), b the infrared / CT /
 PET / SPECT / GFP one (x2). Errors print one line on stderr and exit non-zero; outputs are
 written whole or not at all.
+
+The error boundary of `fuse` and `evaluate` is the pair: a pair that cannot be read, fused or
+scored (or a file without a partner) is reported in one line naming its files, the other pairs
+still run, and the exit status is 1 if any failed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
+import math
 import sys
+import warnings
 from pathlib import Path
 
+from .baselines import BASELINES
 from .data import TASKS, find_pairs, find_task_dirs, list_images
-from .inference import AUTOCAST_DTYPES, COLOUR_SOURCES
 from .files import atomic_write
-from .imaging import IMAGE_EXTENSIONS, load_image
+from .imaging import IMAGE_EXTENSIONS, load_image, max_image_pixels, set_max_image_pixels
+from .inference import AUTOCAST_DTYPES, COLOUR_SOURCES
 from .layers.ablation import VARIANT_NAMES
+from .losses import PRESETS as LOSS_PRESETS
+from .model import PRESETS
+from .ops import BACKENDS
 
-METHODS = ("model", "average", "max", "laplacian")
+METHODS = ("model",) + BASELINES
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
+
+
+def describe_error(exc: BaseException, paths=()) -> str:
+    """One line for a failure: its message (with the exception type when that is not self-explanatory),
+    prefixed with the files involved unless the message already names one."""
+    import torch
+
+    text = str(exc).strip()
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        message = "out of GPU memory; fuse in tiles with e.g. --tile 512"
+    elif isinstance(exc, MemoryError) or "can't allocate memory" in text:
+        message = "out of memory; fuse in tiles with e.g. --tile 512"
+    else:
+        message = text.splitlines()[0] if text else ""
+        if not isinstance(exc, (CLIError, ValueError, OSError)):
+            message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if paths and not any(str(p) in message for p in paths):
+        message = f"{' + '.join(str(p) for p in paths)}: {message}"
+    return message
+
+
+class PairFailures:
+    """The error boundary of a batch: run each pair inside `pair(key, *paths)`; an exception there is
+    reported as one line on stderr and recorded, and the batch goes on."""
+
+    def __init__(self, command: str):
+        self.command = command
+        self.failed: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def pair(self, key: str, *paths):
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - one bad pair must not stop the batch
+            self.report(key, describe_error(exc, paths))
+
+    def report(self, key: str, message: str) -> None:
+        from tqdm import tqdm
+
+        self.failed[key] = message
+        tqdm.write(f"fusionmamba {self.command}: error: {message}", file=sys.stderr)
+
+    def report_unmatched(self, unmatched, a_dir: Path, b_dir: Path) -> None:
+        for path in unmatched:
+            other = b_dir if Path(path).parent == Path(a_dir) else a_dir
+            self.report(str(path), f"{path}: no image named {Path(path).stem} in {other}, skipped")
 
 
 def _add_task_args(p: argparse.ArgumentParser, paired_dirs: bool = True) -> None:
@@ -45,10 +102,22 @@ def _add_task_args(p: argparse.ArgumentParser, paired_dirs: bool = True) -> None
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="checkpoint: .safetensors / .pth file, a folder written by save_pretrained, or a training last.pt")
-    p.add_argument("--preset", choices=("base", "tiny", "small"), default=None,
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model configuration (default: read from the checkpoint)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", choices=("auto", "reference", "torch", "triton"), default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+
+
+def _add_precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", "--dtype", choices=tuple(AUTOCAST_DTYPES), default="fp32",
+                   help="fp32, or the model's matrix products in bf16 (CPUs with AVX512-BF16 or AMX, and GPUs) or fp16 "
+                        "(GPUs) under autocast; norms, the scan and the output head stay fp32")
+
+
+def _add_max_pixels_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help=f"read images of up to this many pixels (default {max_image_pixels() or 0:,}, Pillow's guard "
+                        "against decompression bombs); raise it only for images you trust, and fuse them with --tile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(p)
     _add_model_args(p)
     p.add_argument("--method", choices=METHODS, default="model", help="FusionMamba or a classical baseline")
-    p.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="fp32", help="autocast precision (GPU)")
+    _add_precision_arg(p)
     p.add_argument("--tile", type=int, default=None, help="fuse in overlapping tiles of this size (multiple of 32) to save memory")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels, at most tile/2 (default min(64, tile/4))")
+    _add_max_pixels_arg(p)
     p.add_argument("--colour-source", choices=COLOUR_SOURCES, default=None,
                    help="whose colour the output keeps (default: the task's, else whichever input is colour)")
     p.add_argument("--ext", default=".png", help="output file type for folders (default .png)")
@@ -80,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write per-image scores and the mean as JSON")
     p.add_argument("--sheet", type=Path, help="write a contact sheet PNG (A | B | fused, one row per pair)")
     p.add_argument("--max-rows", type=int, default=None, help="at most this many pairs on the sheet (evenly spaced)")
+    _add_max_pixels_arg(p)
 
     p = sub.add_parser("compare", help="fuse pairs with several methods, score them, write a contact sheet and a report")
     _add_task_args(p)
@@ -89,12 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="columns; 'model' is one column per --weights entry (default: the task's bundled weights)")
     p.add_argument("--weights", nargs="+", action="extend", metavar="[NAME=]PATH",
                    help="checkpoint(s) for the model column(s), e.g. --weights old=run1/final new=run2/best")
-    p.add_argument("--preset", choices=("base", "tiny", "small"), default=None,
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model configuration (default: read from the checkpoint)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", choices=("auto", "reference", "torch", "triton"), default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--tile", type=int, default=None, help="fuse in overlapping tiles of this size (multiple of 32)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels, at most tile/2 (default min(64, tile/4))")
     p.add_argument("--colour-source", choices=COLOUR_SOURCES, default=None,
                    help="whose colour the fused images keep (default: the task's, else whichever input is colour)")
     p.add_argument("--metrics", nargs="+", default=None,
@@ -105,11 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-fused", action="store_true", help="also write the fused images to OUT/fused/<method>/")
     p.add_argument("--title", default=None, help="report title (default: the task and folders)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
+    _add_precision_arg(p)
+    _add_max_pixels_arg(p)
 
     p = sub.add_parser("train", help="train on paired folders (runs under torchrun as DDP)")
     _add_task_args(p)
     p.add_argument("-o", "--out-dir", type=Path, default=Path("runs/fusionmamba"), help="checkpoints, log.jsonl and final/")
-    p.add_argument("--preset", choices=("base", "tiny", "small"), default="base")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="base")
     p.add_argument("--model-config", default=None, help="JSON object (or a .json file) overriding the preset's constructor arguments")
     p.add_argument("--weights", default=None, help="initialise from these weights")
     p.add_argument("--epochs", type=int, default=2)
@@ -123,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--resize", type=int, default=None, help="resize whole images to this square size instead (the official recipe: 256)")
     p.add_argument("--no-augment", action="store_true", help="no random flips / rotations")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--loss", choices=("official", "paper"), default="official")
+    p.add_argument("--loss", choices=tuple(LOSS_PRESETS), default="official")
     p.add_argument("--loss-without", nargs="+", choices=("int", "text", "ssim"), default=[], metavar="TERM",
                    help="leave these loss terms out (int, text, ssim): the paper's loss ablation (Table 8)")
     p.add_argument("--variant", choices=VARIANT_NAMES, default=None,
@@ -142,9 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "so blown-out pixels get a gradient")
     p.add_argument("--cache-images", action="store_true", help="decode the training pairs once and keep them in memory")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
-    p.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="mixed precision (GPU)")
+    p.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
+                   help="mixed precision: bf16 on CPUs (AVX512-BF16 or AMX) and GPUs, fp16 on GPUs")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", choices=("auto", "reference", "torch", "triton"), default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--workers", type=int, default=2, help="data-loader processes")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--weights-digest", action="store_true",
@@ -172,8 +246,14 @@ def _device(name: str):
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
+def _apply_max_pixels(args) -> None:
+    if args.max_pixels is not None:
+        if args.max_pixels < 1:
+            raise CLIError(f"--max-pixels must be positive, got {args.max_pixels}")
+        set_max_image_pixels(args.max_pixels)
+
+
 def cmd_fuse(args) -> int:
-    import torch
     from tqdm import tqdm
 
     single = args.a is not None or args.b is not None
@@ -185,13 +265,14 @@ def cmd_fuse(args) -> int:
         args.ext = "." + args.ext
     if args.ext.lower() not in IMAGE_EXTENSIONS:
         raise CLIError(f"--ext: unsupported image type {args.ext!r}; choose from {', '.join(IMAGE_EXTENSIONS)}")
-    if args.tile is not None and (args.tile <= 0 or args.tile % 32 or not 0 <= args.overlap < args.tile):
-        raise CLIError(f"--tile must be a positive multiple of 32 and --overlap in [0, tile), got {args.tile} and {args.overlap}")
+    _check_tiling_args(args)
+    _apply_max_pixels(args)
     if single:
         output = args.output / (args.a.stem + args.ext) if args.output.is_dir() else args.output
         jobs, unmatched = [(args.a.stem, args.a, args.b, output)], []
     else:
-        pairs, unmatched = find_pairs(*_pair_dirs(args))
+        a_dir, b_dir = _pair_dirs(args)
+        pairs, unmatched = find_pairs(a_dir, b_dir)
         if args.output.exists() and not args.output.is_dir():
             raise CLIError(f"{args.output}: exists and is not a folder (two folders need an output folder)")
         jobs = [(stem, a, b, args.output / (stem + args.ext)) for stem, a, b in pairs]
@@ -211,7 +292,7 @@ def cmd_fuse(args) -> int:
 
         def fuser(a, b):
             return fuse(model, a, b, colour_source=colour_source, tile=args.tile, overlap=args.overlap,
-                        autocast_dtype=args.dtype, device=device)
+                        autocast_dtype=args.precision, device=device)
     else:
         from .baselines import get_fuser
 
@@ -223,24 +304,26 @@ def cmd_fuse(args) -> int:
     from .imaging import save_image
 
     jobs[0][3].parent.mkdir(parents=True, exist_ok=True)
-    for path in unmatched:
-        print(f"fusionmamba fuse: warning: {path}: no file of the same name in the other folder, skipped", file=sys.stderr)
-    failed = 0
+    failures = PairFailures("fuse")
+    if not single:
+        failures.report_unmatched(unmatched, a_dir, b_dir)
     for stem, a_path, b_path, out_path in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
+        with failures.pair(stem, a_path, b_path):
+            save_image(out_path, fuser(load_image(a_path), load_image(b_path)))
+    total = len(jobs) + len(unmatched)
+    if failures.failed and total > 1:
+        print(f"fusionmamba fuse: {len(failures.failed)} of {total} pairs failed", file=sys.stderr)
+    return 1 if failures.failed else 0
+
+
+def _check_tiling_args(args) -> None:
+    if args.tile is not None:
+        from .inference import check_tiling
+
         try:
-            fused = fuser(load_image(a_path), load_image(b_path))
-            save_image(out_path, fused)
-        except (ValueError, torch.cuda.OutOfMemoryError) as exc:
-            failed += 1
-            message = str(exc).splitlines()[0]
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                message = "out of GPU memory; fuse in tiles with e.g. --tile 512"
-            if str(a_path) not in message and str(b_path) not in message:
-                message = f"{a_path} + {b_path}: {message}"
-            tqdm.write(f"fusionmamba fuse: error: {message}", file=sys.stderr)
-    if failed and len(jobs) > 1:
-        print(f"fusionmamba fuse: {failed} of {len(jobs)} pairs failed", file=sys.stderr)
-    return 1 if failed else 0
+            check_tiling(args.tile, args.overlap)
+        except ValueError as exc:
+            raise CLIError(f"--tile / --overlap: {exc}") from None
 
 
 def _say_bundled(command: str, task: str, preset: str | None, given_task: bool) -> None:
@@ -256,14 +339,15 @@ def _say_bundled(command: str, task: str, preset: str | None, given_task: bool) 
 
 
 def cmd_evaluate(args) -> int:
-    from .metrics import CONVENTIONS, evaluate
+    from .metrics import CONVENTIONS, UndefinedMetricWarning, evaluate
 
     names = args.metrics
     _check_metric_names("--metrics", names or [])
     if args.convention not in CONVENTIONS:
         raise CLIError(f"--convention: unknown convention {args.convention!r}; choose from {', '.join(CONVENTIONS)}")
+    _apply_max_pixels(args)
     a_dir, b_dir = _pair_dirs(args)
-    pairs, _ = find_pairs(a_dir, b_dir)
+    pairs, unmatched = find_pairs(a_dir, b_dir)
     fused_images = list_images(args.fused_dir)
     if args.sheet is not None:
         from .report import PairResult, thumbnail, write_sheet
@@ -272,26 +356,42 @@ def cmd_evaluate(args) -> int:
             raise CLIError(f"--max-rows must be at least 1, got {args.max_rows}")
         sheet_rows, fused_label = [], args.fused_dir.name or "fused"
     scores: dict[str, dict[str, float]] = {}
-    failures: dict[str, str] = {}
+    too_small: dict[str, list[str]] = {}  # metric -> images it is NaN for
+    reasons: dict[str, str] = {}
+    failures = PairFailures("evaluate")
+    failures.report_unmatched(unmatched, a_dir, b_dir)
     for stem, a_path, b_path in pairs:
-        try:
-            if stem not in fused_images:
+        fused_path = fused_images.get(stem)
+        with failures.pair(stem, a_path, b_path, *([fused_path] if fused_path else [])):
+            if fused_path is None:
                 raise ValueError(f"{args.fused_dir}: no fused image named {stem}")
-            a, b, f = (load_image(p) * 255.0 for p in (a_path, b_path, fused_images[stem]))
+            a, b, f = (load_image(p) * 255.0 for p in (a_path, b_path, fused_path))
             if not a.shape[:2] == b.shape[:2] == f.shape[:2]:
-                raise ValueError(f"{fused_images[stem]}: sizes differ (a {a.shape}, b {b.shape}, fused {f.shape})")
-            scores[stem] = {k: float(v) for k, v in evaluate(a, b, f, metrics=names, convention=args.convention).items()}
+                raise ValueError(f"{fused_path}: sizes differ (a {a.shape}, b {b.shape}, fused {f.shape})")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UndefinedMetricWarning)
+                result = evaluate(a, b, f, metrics=names, convention=args.convention)
+            for w in caught:
+                if isinstance(w.message, UndefinedMetricWarning):
+                    for metric, reason in w.message.reasons.items():
+                        too_small.setdefault(metric, []).append(stem)
+                        reasons[metric] = reason
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            scores[stem] = {k: float(v) for k, v in result.items()}
             if args.sheet is not None:
                 sheet_rows.append(PairResult(stem, {"A": thumbnail(a / 255.0), "B": thumbnail(b / 255.0),
                                                     fused_label: thumbnail(f / 255.0)}, {fused_label: scores[stem]}))
-        except ValueError as exc:
-            failures[stem] = str(exc)
-            print(f"fusionmamba evaluate: error: {exc}", file=sys.stderr)
     if not scores:
         raise CLIError("no image could be evaluated")
     columns = list(next(iter(scores.values())))
-    mean = {c: sum(s[c] for s in scores.values()) / len(scores) for c in columns}
+    mean = {c: _mean_of_defined([s[c] for s in scores.values()]) for c in columns}
     print(_table(scores, mean, columns))
+    if too_small:
+        listed = "; ".join(f"{metric} on {len(stems)} of {len(scores)} image(s) ({', '.join(stems[:5])}"
+                           f"{', ...' if len(stems) > 5 else ''}): {reasons[metric]}" for metric, stems in too_small.items())
+        print(f"fusionmamba evaluate: warning: NaN where an image is too small, left out of the mean: {listed}",
+              file=sys.stderr)
     if args.csv is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -301,11 +401,28 @@ def cmd_evaluate(args) -> int:
         writer.writerow(["mean"] + [repr(mean[c]) for c in columns])
         atomic_write(args.csv, lambda f: f.write(buffer.getvalue()), mode="w")
     if args.json is not None:
-        report = {"convention": args.convention, "metrics": columns, "images": scores, "mean": mean, "failed": failures}
-        atomic_write(args.json, lambda f: json.dump(report, f, indent=2), mode="w")
+        report = {"convention": args.convention, "metrics": columns, "images": _nan_to_none(scores),
+                  "mean": _nan_to_none(mean), "failed": failures.failed}
+        atomic_write(args.json, lambda f: json.dump(report, f, indent=2, allow_nan=False), mode="w")
     if args.sheet is not None:
         write_sheet(args.sheet, sheet_rows, {"A": f"A: {a_dir.name}", "B": f"B: {b_dir.name}"}, max_rows=args.max_rows)
-    return 1 if failures else 0
+    if failures.failed:
+        print(f"fusionmamba evaluate: {len(failures.failed)} of {len(pairs) + len(unmatched)} pairs failed",
+              file=sys.stderr)
+    return 1 if failures.failed else 0
+
+
+def _mean_of_defined(values: list[float]) -> float:
+    """Mean over the values that are not NaN (NaN if none is)."""
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else float("nan")
+
+
+def _nan_to_none(tree):
+    """JSON has no NaN or infinity: such scores (undefined, or PSNR of identical images) are written as null."""
+    if isinstance(tree, dict):
+        return {k: _nan_to_none(v) for k, v in tree.items()}
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
 
 
 def cmd_compare(args) -> int:
@@ -322,8 +439,8 @@ def cmd_compare(args) -> int:
                                ("--threads", args.threads, 1)):
         if value is not None and value < low:
             raise CLIError(f"{option} must be at least {low}, got {value}")
-    if args.tile is not None and (args.tile <= 0 or args.tile % 32 or not 0 <= args.overlap < args.tile):
-        raise CLIError(f"--tile must be a positive multiple of 32 and --overlap in [0, tile), got {args.tile} and {args.overlap}")
+    _check_tiling_args(args)
+    _apply_max_pixels(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     a_dir, b_dir = _pair_dirs(args)
@@ -333,17 +450,18 @@ def cmd_compare(args) -> int:
     weights = parse_weights(args.weights)
     fusers, sources = method_fusers(args.methods, weights, task=task, colour_source=colour_source, preset=args.preset,
                                     device=_device(args.device), backend=args.backend, tile=args.tile,
-                                    overlap=args.overlap)
+                                    overlap=args.overlap, autocast_dtype=args.precision)
     if "model" in args.methods and not weights:
         _say_bundled("compare", task, args.preset, given_task=args.task is not None)
-    for path in unmatched:
-        print(f"fusionmamba compare: warning: {path}: no file of the same name in the other folder, skipped", file=sys.stderr)
+    unmatched_failures = PairFailures("compare")
+    unmatched_failures.report_unmatched(unmatched, a_dir, b_dir)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results, failures = compare(
         pairs, fusers, metrics, args.convention, thumb_height=args.thumb_height,
         save_dir=args.out_dir / "fused" if args.save_fused else None, progress=len(pairs) > 1,
         on_error=lambda message: print(f"fusionmamba compare: error: {message}", file=sys.stderr),
     )
+    failures = {**unmatched_failures.failed, **failures}
     if not results:
         raise CLIError("no pair could be compared")
     title = args.title or f"{args.task or 'fusion'}: {a_dir} + {b_dir}"
@@ -353,7 +471,7 @@ def cmd_compare(args) -> int:
     print(format_table(mean_scores(results)))
     print(f"{len(results)} pairs; wrote {', '.join(str(p) for p in paths.values())}")
     if failures:
-        print(f"fusionmamba compare: {len(failures)} of {len(pairs)} pairs failed", file=sys.stderr)
+        print(f"fusionmamba compare: {len(failures)} of {len(pairs) + len(unmatched)} pairs failed", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -428,9 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CLIError, ValueError, FileNotFoundError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"fusionmamba {args.command}: error: {message}", file=sys.stderr)
+    except (CLIError, ValueError, OSError) as exc:
+        print(f"fusionmamba {args.command}: error: {describe_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fusionmamba: interrupted", file=sys.stderr)

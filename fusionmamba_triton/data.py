@@ -78,7 +78,7 @@ def check_pair_sizes(pairs) -> None:
             try:
                 with Image.open(path) as im:
                     sizes.append(im.size)
-            except (OSError, SyntaxError, ValueError) as exc:
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
                 raise ValueError(f"{path}: cannot read image ({exc})") from None
         if sizes[0] != sizes[1]:
             raise ValueError(f"{a_path} ({sizes[0][0]}x{sizes[0][1]}) and {b_path} ({sizes[1][0]}x{sizes[1][1]}) differ in size")

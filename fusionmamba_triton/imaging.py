@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 from .files import atomic_write
 
@@ -40,11 +42,32 @@ def sample_pair(name: str) -> tuple[Path, Path]:
     return tuple(SAMPLES_DIR / rel for rel in SAMPLE_PAIRS[name])
 
 
+def max_image_pixels() -> int | None:
+    """The most pixels load_image reads (None: no limit): Pillow's decompression-bomb limit, about 179 M by default."""
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+
+
+def set_max_image_pixels(pixels: int | None) -> None:
+    """Let load_image read images of up to `pixels` pixels (None: any size), for the whole process.
+
+    Pillow refuses images above about 179 M pixels by default, so that a small file that declares
+    a huge size cannot exhaust memory. Raise the limit only for images you trust, and fuse them in
+    tiles (fuse(..., tile=512)) to bound the model's memory. Pillow stores half the limit, so an
+    odd `pixels` is rounded up to the next even number.
+    """
+    if pixels is not None and pixels < 1:
+        raise ValueError(f"the pixel limit must be positive or None, got {pixels}")
+    # Pillow errors above 2 * MAX_IMAGE_PIXELS and warns above MAX_IMAGE_PIXELS; the limit set here replaces both.
+    Image.MAX_IMAGE_PIXELS = None if pixels is None else (pixels + 1) // 2
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as float32 in [0, 1]: (H, W) if grey, (H, W, 3) if colour.
 
     RGB or palette files whose three channels are identical come back grey; 16-bit files are
-    scaled by 1/65535; an alpha channel is dropped.
+    scaled by 1/65535; an alpha channel is dropped. Images above max_image_pixels() are refused
+    (see set_max_image_pixels).
     """
     path = Path(path)
     if not path.is_file():
@@ -65,6 +88,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                 data = np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for truncated / unknown files
         raise ValueError(f"{path}: cannot read image ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{path}: {exc} If the image is genuine, raise the limit with --max-pixels "
+                         "(in Python: imaging.set_max_image_pixels) and fuse it in tiles (--tile 512)") from None
     if data.size == 0:
         raise ValueError(f"{path}: image is empty")
     image = data.astype(np.float32) / 255.0
@@ -124,8 +150,20 @@ def _apply_matrix(x, matrix: np.ndarray, offset_in: float, offset_out: float):
 
 
 def rgb_to_grey(rgb):
-    """Luma (the Y of BT.601) of an (..., 3) image."""
-    return rgb_to_ycbcr(rgb)[..., 0]
+    """Luma Y (BT.601 full range, the Y of rgb_to_ycbcr) of an (..., 3) image, numpy or torch: (...).
+
+    The package's one luma function: the fusion, the training loader and the metrics all use it.
+    Scale-free, so it works on [0, 1] and on 0-255 data alike.
+    """
+    if rgb.shape[-1] != 3:
+        raise ValueError(f"expected 3 channels on the last axis, got shape {tuple(rgb.shape)}")
+    weights = _RGB_TO_YCBCR[0]
+    if isinstance(rgb, torch.Tensor):
+        rgb = rgb if rgb.is_floating_point() else rgb.float()
+        return rgb @ torch.as_tensor(weights, dtype=rgb.dtype, device=rgb.device)
+    rgb = np.asarray(rgb)
+    dtype = rgb.dtype if np.issubdtype(rgb.dtype, np.floating) else np.float32
+    return (rgb.astype(np.float64) @ weights).astype(dtype)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
@@ -177,26 +215,30 @@ def blend_window(length: int, ramp: int, ramp_start: bool, ramp_end: bool) -> to
     return w
 
 
-def run_tiled(fn, x1: torch.Tensor, x2: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+def run_tiled(fn, x1: torch.Tensor, x2: torch.Tensor, tile: int, overlap: int, progress: bool = False) -> torch.Tensor:
     """Apply fn(x1_tile, x2_tile) -> (B, C, t, t) over overlapping tiles of (B, 1, H, W) inputs and blend.
 
     Weights are raised-cosine ramps over the overlaps, so seams are smooth. Outputs differ from
     one whole-image call wherever fn looks at the whole image (FusionMamba's scans do).
+    progress: show a bar over the tiles on stderr once the run has taken more than 2 seconds.
     """
     height, width = x1.shape[-2:]
     ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
     out = weight_sum = None
-    for y in ys:
-        th = min(tile, height - y)
-        wy = blend_window(th, overlap, y > 0, y + th < height)
-        for x in xs:
-            tw = min(tile, width - x)
-            wx = blend_window(tw, overlap, x > 0, x + tw < width)
-            piece = fn(x1[..., y : y + th, x : x + tw], x2[..., y : y + th, x : x + tw]).float()
-            if out is None:
-                out = piece.new_zeros(piece.shape[:-2] + (height, width))
-                weight_sum = piece.new_zeros((height, width))
-            w = (wy[:, None] * wx[None, :]).to(piece)
-            out[..., y : y + th, x : x + tw] += piece * w
-            weight_sum[y : y + th, x : x + tw] += w
+    bar = tqdm(total=len(ys) * len(xs), desc="tiles", unit="tile", delay=2.0, leave=False, disable=not progress)
+    with bar:
+        for y in ys:
+            th = min(tile, height - y)
+            wy = blend_window(th, overlap, y > 0, y + th < height)
+            for x in xs:
+                tw = min(tile, width - x)
+                wx = blend_window(tw, overlap, x > 0, x + tw < width)
+                piece = fn(x1[..., y : y + th, x : x + tw], x2[..., y : y + th, x : x + tw]).float()
+                if out is None:
+                    out = piece.new_zeros(piece.shape[:-2] + (height, width))
+                    weight_sum = piece.new_zeros((height, width))
+                w = (wy[:, None] * wx[None, :]).to(piece)
+                out[..., y : y + th, x : x + tw] += piece * w
+                weight_sum[y : y + th, x : x + tw] += w
+                bar.update()
     return out / weight_sum

@@ -7,6 +7,8 @@ and its Cb/Cr are put back.
 from __future__ import annotations
 
 import contextlib
+import numbers
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +87,19 @@ def as_image(x, name: str = "image") -> np.ndarray:
     """Check and convert an image to float32 in [0, 1], shaped (H, W) or (H, W, 3).
 
     Accepts numpy (H, W), (H, W, 1), (H, W, 3) and torch (H, W), (1, H, W), (3, H, W), as uint8
-    (0-255), uint16 (0-65535) or float (0-1).
+    (0-255), uint16 (0-65535) or float (0-1; half-precision tensors are widened to float32).
     """
+    if isinstance(x, (str, bytes, os.PathLike)):
+        raise ValueError(f"{name}: got a file path ({os.fsdecode(x)!r}); fuse takes image arrays: "
+                         "read the file first with fusionmamba_triton.imaging.load_image")
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
+        raise ValueError(f"{name}: expected a numpy array or torch tensor image, got {type(x).__name__}")
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
+        if x.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
+            x = x.float()
         if x.ndim == 3:
             if x.shape[0] not in (1, 3):
                 raise ValueError(f"{name}: a (C, H, W) tensor needs C = 1 or 3, got shape {tuple(x.shape)}")
@@ -167,6 +178,25 @@ def _resolve_autocast(autocast_dtype):
     return autocast_dtype
 
 
+def check_tiling(tile: int, overlap: int | None, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """Validate a tile size and overlap; returns (tile, overlap) with the default overlap filled in.
+
+    The overlap is capped at half a tile: beyond that every pixel would be computed more than four
+    times (tile=32, overlap=31 on 100 x 100 made 97 x 97 tiles).
+    """
+    if not _is_integer(tile) or tile <= 0 or tile % multiple:
+        raise ValueError(f"tile must be a positive multiple of {multiple}, got {tile!r}")
+    if overlap is None:
+        overlap = min(64, tile // 4)
+    if not _is_integer(overlap) or not 0 <= overlap <= tile // 2:
+        raise ValueError(f"overlap must be an integer in [0, tile / 2] = [0, {tile // 2}], got {overlap!r} for tile {tile}")
+    return int(tile), int(overlap)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def fuse(
     model: torch.nn.Module,
     a,
@@ -174,9 +204,10 @@ def fuse(
     *,
     colour_source: str = "auto",
     tile: int | None = None,
-    overlap: int = 64,
+    overlap: int | None = None,
     autocast_dtype=None,
     device=None,
+    progress: bool = True,
 ) -> np.ndarray:
     """Fuse a (visible / MRI) with b (infrared / CT / PET / SPECT) with `model`; any size, grey or RGB.
 
@@ -184,18 +215,20 @@ def fuse(
     The grey images are reflect-padded to a multiple of model.size_multiple (32) and cropped back.
 
     tile: run the model on overlapping tiles of this size (a multiple of 32) instead of the whole
-      image, to bound memory; tiles are blended with raised-cosine weights over `overlap` pixels.
-      FusionMamba's scans see the whole input, so tiled results differ slightly from untiled ones.
+      image, to bound memory; tiles are blended with raised-cosine weights over `overlap` pixels
+      (at most tile / 2; default min(64, tile / 4)). FusionMamba's scans see the whole input, so
+      tiled results differ slightly from untiled ones.
     autocast_dtype: None (fp32), torch.float16 / torch.bfloat16 or "fp16" / "bf16" autocast.
     device: where to run; default the model's device (the model is not moved).
+    progress: show a bar over the tiles on stderr when a tiled run takes more than 2 seconds.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module such as FusionMamba.from_pretrained('small') "
+                        f"or load_model(...), got {type(model).__name__}")
     autocast_dtype = _resolve_autocast(autocast_dtype)
     multiple = getattr(model, "size_multiple", SIZE_MULTIPLE)
     if tile is not None:
-        if tile <= 0 or tile % multiple:
-            raise ValueError(f"tile must be a positive multiple of {multiple}, got {tile}")
-        if not 0 <= overlap < tile:
-            raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
+        tile, overlap = check_tiling(tile, overlap, multiple)
     params = next(model.parameters(), None)
     device = torch.device(device) if device is not None else (params.device if params is not None else torch.device("cpu"))
     dtype = params.dtype if params is not None and params.is_floating_point() else torch.float32
@@ -214,7 +247,7 @@ def fuse(
             if tile is None:
                 y = model(x1, x2).float()
             else:
-                y = run_tiled(model, x1, x2, tile, overlap)
+                y = run_tiled(model, x1, x2, tile, overlap, progress=progress)
         return crop(y, height, width)[0, 0].clamp(0, 1).cpu().numpy()
 
     was_training = model.training

@@ -1,4 +1,4 @@
-"""FusionMamba training losses: intensity, Sobel texture and SSIM / MS-SSIM terms (spec section 7).
+"""FusionMamba training losses: intensity, Sobel texture and SSIM / MS-SSIM terms.
 
 Two presets, all images (B, 1, H, W) in [0, 1]:
 

@@ -1,5 +1,5 @@
-"""FusionMamba (official class `VSSM_Fusion`), docs/fusionmamba_spec.md §1: wiring, presets,
-checkpoint loading and saving.
+"""FusionMamba (official class `VSSM_Fusion`): wiring, presets, checkpoint loading and saving.
+The architecture is described in the README, "Design notes".
 
 Module and parameter names (`patch_embed1`, `layers`, `layers_up`, `Cross_block`, `final_up`,
 `final_conv`, ...) and their registration order are fixed by the official checkpoints: an
@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -297,6 +298,9 @@ def _read_checkpoint(source, map_location):
 
 
 def _load_file(path: str, map_location) -> Mapping:
+    if not path.endswith(".safetensors") and not _looks_like_torch_save(path):
+        raise ValueError(f"could not read checkpoint {path}: not a PyTorch checkpoint (.pth / .pt), a .safetensors "
+                         "file or a save_pretrained folder")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -304,8 +308,20 @@ def _load_file(path: str, map_location) -> Mapping:
             device = str(map_location) if map_location is not None else "cpu"
             return load_file(path, device=device)
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refuses pickled objects other than tensors and containers
+        raise ValueError(f"could not read checkpoint {path}: it stores Python objects besides tensors, which are not "
+                         "loaded for safety; if you trust the file, read it with torch.load(path, weights_only=False), "
+                         "torch.save its state dict alone and pass that file") from None
     except Exception as exc:
-        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"could not read checkpoint {path}: {message}") from exc
+
+
+def _looks_like_torch_save(path: str) -> bool:
+    """True for files torch.save can have written: a zip archive, or a legacy pickle (protocol 2+)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _unwrap_state_dict(state, where: str) -> dict:

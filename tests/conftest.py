@@ -4,16 +4,15 @@ TRITON_INTERPRET must be set before any @triton.jit function is created, so this
 before the test modules import the kernels. Set TRITON_INTERPRET=0 to test compiled kernels on CUDA.
 """
 import os
+import warnings
 
 import pytest
 import torch
+from PIL import Image
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,3 +36,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def pillow_limit():
+    """Restore Pillow's pixel limit and the warning filters after a test that changes them (set_max_image_pixels)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        yield
+    Image.MAX_IMAGE_PIXELS = saved

@@ -1,5 +1,13 @@
 """The checkpoints shipped with the package: the per-task registry, strict load, from_pretrained(name), CPU
-fusion, the CLI default and its one-line note."""
+fusion, the CLI default and its one-line note, and their scores on a sample pair, pinned so that a silent
+change of quality fails a test.
+
+After replacing or adding a bundled checkpoint, print its new scores and paste them into
+PINNED_SCORES (one edit):
+
+    python -m tests.test_bundled
+"""
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -14,9 +22,32 @@ from fusionmamba_triton.cli import main
 from fusionmamba_triton.data import TASKS
 from fusionmamba_triton.inference import bundled_weights, default_weights, fuse, load_model
 from fusionmamba_triton.imaging import load_image, sample_pair
+from fusionmamba_triton.metrics import evaluate
 from fusionmamba_triton.model import (BUNDLED_CHECKPOINTS, DEFAULT_CHECKPOINT, PRESETS, TASK_CHECKPOINTS, FusionMamba,
                                       bundled_checkpoint, bundled_preset, task_checkpoint)
 from tests.helpers import TINY
+
+# checkpoint name -> the bundled sample pair it is scored on, and its scores there (the paper's six
+# metrics, canonical convention, the fused float image on 0-255). Printed by `python -m tests.test_bundled`.
+PINNED_SCORES = {
+    "small": {"pair": "tno_05", "scores": {"vif": 0.337905, "scd": 1.70759, "qabf": 0.230035, "sf": 25.7397,
+                                           "ms_ssim": 0.565283, "fmi_edge": 0.824241}},
+}
+PINNED_METRICS = ("vif", "scd", "qabf", "sf", "ms_ssim", "fmi_edge")
+PIN_TOLERANCE = 5e-4  # relative: far above fp32 noise across torch builds, far below any retraining
+
+
+@functools.lru_cache(maxsize=None)
+def fused_sample(checkpoint: str, pair: str):
+    """(a, b, fused) of a bundled sample pair fused by a bundled checkpoint on the CPU "torch" backend."""
+    model = FusionMamba.from_pretrained(checkpoint, backend="torch")
+    a, b = (load_image(path) for path in sample_pair(pair))
+    return a, b, fuse(model, a, b)
+
+
+def sample_scores(checkpoint: str, pair: str) -> dict[str, float]:
+    a, b, fused = fused_sample(checkpoint, pair)
+    return evaluate(a * 255.0, b * 255.0, fused * 255.0, list(PINNED_METRICS))
 
 
 @pytest.fixture(autouse=True)
@@ -108,10 +139,8 @@ def test_loads_strictly_as_the_small_preset(model):
     assert not model.training
 
 
-def test_fuses_the_bundled_sample_on_cpu(model):
-    a_path, b_path = sample_pair("tno_05")
-    a, b = load_image(a_path), load_image(b_path)
-    fused = fuse(model, a, b)
+def test_fuses_the_bundled_sample_on_cpu():
+    a, b, fused = fused_sample(DEFAULT_CHECKPOINT, "tno_05")
     assert fused.shape == a.shape and fused.dtype == np.float32
     assert np.isfinite(fused).all() and fused.min() >= 0 and fused.max() <= 1
     distances = [float(np.abs(fused - source).mean()) for source in (a, b)]
@@ -153,3 +182,26 @@ def test_the_note_names_only_weights_that_were_loaded(capsys):
     assert capsys.readouterr().err == ""
     _say_bundled("fuse", "ir-vis", "small", given_task=True)
     assert capsys.readouterr().err.startswith("fusionmamba fuse: using the bundled checkpoint 'small' for ir-vis: ")
+
+
+@pytest.mark.parametrize("checkpoint", sorted(BUNDLED_CHECKPOINTS))
+def test_scores_on_a_sample_pair_are_pinned(checkpoint):
+    assert checkpoint in PINNED_SCORES, (
+        f"bundled checkpoint {checkpoint!r} has no pinned scores: run `python -m tests.test_bundled` "
+        "and add its entry to PINNED_SCORES")
+    pinned = PINNED_SCORES[checkpoint]
+    scores = sample_scores(checkpoint, pinned["pair"])
+    assert set(pinned["scores"]) == set(PINNED_METRICS)
+    for name, expected in pinned["scores"].items():
+        assert scores[name] == pytest.approx(expected, rel=PIN_TOLERANCE), (
+            f"{checkpoint} on {pinned['pair']}: {name} is {scores[name]:.6g}, pinned {expected:.6g}; if the "
+            "checkpoint was replaced on purpose, re-pin with `python -m tests.test_bundled`")
+
+
+if __name__ == "__main__":
+    print("PINNED_SCORES = {")
+    for name in sorted(BUNDLED_CHECKPOINTS):
+        pair = PINNED_SCORES.get(name, {}).get("pair", "tno_05")
+        scores = ", ".join(f'"{k}": {v:.6g}' for k, v in sample_scores(name, pair).items())
+        print(f'    "{name}": {{"pair": "{pair}", "scores": {{{scores}}}}},')
+    print("}")

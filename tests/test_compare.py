@@ -62,16 +62,18 @@ def test_compare_writes_sheet_report_and_scores_and_skips_a_bad_pair(folders, we
     out = tmp_path / "report"
     code = _compare(folders, out, "--methods", "model", "average", "max",
                     "--weights", f"first={weights[0]}", f"second={weights[1]}")
-    assert code == 1  # one pair failed
+    assert code == 1  # one pair failed, and one file has no partner
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if "error" in line]
-    assert len(errors) == 1 and "broken.png" in errors[0], captured.err
-    assert "lonely.png" in captured.err and "1 of 4 pairs failed" in captured.err
+    assert len(errors) == 2 and "lonely.png" in errors[0] and "broken.png" in errors[1], captured.err
+    assert "2 of 5 pairs failed" in captured.err
     assert "bundled" not in captured.err
 
     report = json.loads((out / "scores.json").read_text())
     assert report["methods"] == ["first", "second", "average", "max"] and report["metrics"] == METRICS
-    assert sorted(report["pairs"]) == ["p1", "p2", "p3"] and list(report["failed"]) == ["broken"]
+    assert sorted(report["pairs"]) == ["p1", "p2", "p3"]
+    assert len(report["failed"]) == 2 and "broken" in report["failed"]
+    assert any(key.endswith("lonely.png") for key in report["failed"])
     assert report["sources"] == {"first": str(weights[0]), "second": str(weights[1])}
     assert report["pairs"]["p1"]["first"] != report["pairs"]["p1"]["second"]  # two checkpoints, two columns
     for method, row in report["mean"].items():
@@ -102,6 +104,8 @@ def test_compare_writes_sheet_report_and_scores_and_skips_a_bad_pair(folders, we
 def test_compare_scores_equal_fuse_then_evaluate(folders, weights, tmp_path, capsys):
     vi, ir = folders
     (vi / "broken.png").unlink()
+    (ir / "lonely.png").unlink()
+    (ir / "broken.png").unlink(missing_ok=True)
     out = tmp_path / "report"
     assert _compare(folders, out, "--methods", "model", "laplacian", "--weights", str(weights[0]), "--save-fused") == 0
     report = json.loads((out / "scores.json").read_text())
@@ -121,6 +125,8 @@ def test_compare_scores_equal_fuse_then_evaluate(folders, weights, tmp_path, cap
 def test_compare_uses_the_tasks_bundled_weights_and_says_so(folders, tmp_path, capsys):
     vi, ir = folders
     (vi / "broken.png").unlink()
+    (ir / "lonely.png").unlink()
+    (ir / "broken.png").unlink(missing_ok=True)
     out = tmp_path / "report"
     assert main(["compare", "--a-dir", str(vi), "--b-dir", str(ir), "-o", str(out), "--task", "pet-mri",
                  "--methods", "model", "--metrics", "ssim", "--device", "cpu", "--colour-source", "none"]) == 0
@@ -203,6 +209,8 @@ def test_tables_mean_ratio_and_best():
 def test_evaluate_sheet(folders, tmp_path, capsys):
     vi, ir = folders
     (vi / "broken.png").unlink()
+    (ir / "lonely.png").unlink()
+    (ir / "broken.png").unlink(missing_ok=True)
     fused = tmp_path / "average"
     assert main(["fuse", "--a-dir", str(vi), "--b-dir", str(ir), "-o", str(fused), "--method", "average"]) == 0
     sheets = {}

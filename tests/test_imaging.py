@@ -12,14 +12,18 @@ from fusionmamba_triton.imaging import (
     blend_window,
     crop,
     load_image,
+    max_image_pixels,
     pad_to_multiple,
+    rgb_to_grey,
     rgb_to_ycbcr,
     run_tiled,
     sample_pair,
     save_image,
+    set_max_image_pixels,
     tile_starts,
     ycbcr_to_rgb,
 )
+from tests.helpers import write_bomb_png
 
 
 def _rng():
@@ -63,6 +67,28 @@ def test_load_missing_or_corrupt_file_names_it(tmp_path):
         load_image(tmp_path / "bad.png")
 
 
+def test_decompression_bomb_is_a_value_error_saying_how_to_allow_it(tmp_path):
+    write_bomb_png(tmp_path / "bomb.png")  # declares 900 M pixels
+    with pytest.raises(ValueError, match=r"bomb.png: .*900000000 pixels.*--max-pixels.*--tile") as info:
+        load_image(tmp_path / "bomb.png")
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_max_image_pixels_is_the_limit_load_image_applies(tmp_path, pillow_limit):
+    assert max_image_pixels() == 2 * Image.MAX_IMAGE_PIXELS  # Pillow's default refusal limit
+    save_image(tmp_path / "img.png", np.zeros((10, 11)))
+    set_max_image_pixels(108)
+    assert max_image_pixels() == 108
+    with pytest.raises(ValueError, match="img.png: Image size \\(110 pixels\\)"):
+        load_image(tmp_path / "img.png")
+    set_max_image_pixels(110)
+    assert load_image(tmp_path / "img.png").shape == (10, 11)
+    set_max_image_pixels(None)
+    assert max_image_pixels() is None
+    with pytest.raises(ValueError, match="positive"):
+        set_max_image_pixels(0)
+
+
 @pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
 def test_save_round_trip_is_exact_for_8_bit(tmp_path, suffix):
     rgb = (_rng().random((6, 10, 3)) * 255).astype(np.uint8)
@@ -96,6 +122,20 @@ def test_ycbcr_matches_pil_and_round_trips():
     np.testing.assert_allclose(ycbcr_to_rgb(rgb_to_ycbcr(x)), x, atol=1e-12)
     torch_out = rgb_to_ycbcr(torch.from_numpy(x))
     np.testing.assert_allclose(torch_out.numpy(), rgb_to_ycbcr(x), atol=1e-12)
+
+
+def test_luma_is_bt601_y_in_numpy_and_torch():
+    x = _rng().random((5, 4, 3))
+    expected = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    np.testing.assert_allclose(rgb_to_grey(x), expected, atol=1e-12)
+    np.testing.assert_allclose(rgb_to_grey(x * 255), expected * 255, atol=1e-9)  # scale-free: metrics use 0-255
+    np.testing.assert_allclose(rgb_to_grey(x), rgb_to_ycbcr(x)[..., 0], atol=1e-12)
+    np.testing.assert_allclose(rgb_to_grey(torch.from_numpy(x)).numpy(), expected, atol=1e-12)
+    as_uint8 = (x * 255).astype(np.uint8)
+    np.testing.assert_allclose(rgb_to_grey(torch.from_numpy(as_uint8)).numpy(), rgb_to_grey(as_uint8), atol=1e-4)
+    assert rgb_to_grey(x.astype(np.float32)).dtype == np.float32
+    with pytest.raises(ValueError, match="3 channels"):
+        rgb_to_grey(x[..., :2])
 
 
 @pytest.mark.parametrize("height,width", [(1, 1), (2, 3), (5, 7), (33, 65), (301, 496)], ids=lambda v: str(v))

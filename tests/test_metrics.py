@@ -1,6 +1,9 @@
-"""Fusion metrics against independent implementations and hand-worked cases (docs/metrics.md)."""
+"""Fusion metrics against independent implementations and hand-worked cases.
+
+The conventions tested here are described in the fusionmamba_triton.metrics package docstring.
+"""
 import math
-import os
+import warnings
 
 import numpy as np
 import pytest
@@ -12,15 +15,17 @@ from fusionmamba_triton.metrics import (
     CONVENTIONS,
     METRICS,
     PSNR_TANG_OFFSET_DB,
+    ImageTooSmallError,
+    UndefinedMetricWarning,
     evaluate,
     fmi,
     qabf,
     rgb_to_y,
+    vif_p,
 )
+from fusionmamba_triton.metrics import core
 from fusionmamba_triton.metrics.feature_mi import fmi_feature, matlab_sobel_edges
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+from tests.helpers import shared_data
 
 
 def smooth_image(shape, seed, sigma=2.0):
@@ -96,11 +101,39 @@ def test_warns_on_unit_scale_images(triple):
         evaluate(a, b, f, ["sd"])
 
 
-def test_too_small_for_multiscale_metrics():
-    a = smooth_image((40, 40), 0)
-    for name in ("ms_ssim", "vif"):
-        with pytest.raises(ValueError, match="px|pixels"):
-            score(name, a, a, a)
+@pytest.mark.parametrize("shape, undefined", [
+    ((40, 40), ["vif", "ms_ssim"]),
+    ((160, 300), ["ms_ssim"]),
+    ((10, 10), ["vif", "ms_ssim", "ssim"]),
+    ((2, 2), ["vif", "ms_ssim", "fmi_edge", "fmi_pixel", "fmi_dct", "fmi_w", "ssim"]),
+    ((1, 5), ["vif", "sf", "ms_ssim", "fmi_edge", "fmi_pixel", "fmi_dct", "fmi_w", "ag", "ssim"]),
+], ids=["40x40", "160x300", "10x10", "2x2", "1x5"])
+def test_metrics_too_big_for_the_image_are_nan_with_one_warning(shape, undefined):
+    if min(shape) > 1:
+        a, b = smooth_image(shape, 0), smooth_image(shape, 1)
+    else:
+        a, b = np.arange(5.0)[None] * 50, np.array([[3.0, 90.0, 20.0, 200.0, 7.0]])
+    f = 0.5 * (a + b)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = evaluate(a, b, f)
+    assert [name for name, value in out.items() if math.isnan(value)] == undefined
+    assert len(caught) == 1 and caught[0].category is UndefinedMetricWarning
+    assert list(caught[0].message.reasons) == undefined
+    assert f"{shape[1]}x{shape[0]} image" in str(caught[0].message)
+    with pytest.raises(ImageTooSmallError, match="px|pixels"):  # the metric functions themselves still raise
+        core.ms_ssim(a, b, f)
+
+
+def test_vif_with_a_constant_source_is_nan():
+    a = smooth_image((50, 50), 0)
+    assert math.isnan(score("vif", a, np.full_like(a, 100.0), a))
+
+
+def test_no_warning_when_every_metric_is_defined(triple):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndefinedMetricWarning)
+        assert not any(math.isnan(v) for v in evaluate(*triple, ["vif", "ssim", "sf", "ag", "fmi_edge"]).values())
 
 
 def test_torch_and_uint8_inputs_match_float64(triple):
@@ -292,7 +325,7 @@ def test_nabf_cases():
 
 
 def _qabf_by_loops(a, b, f):
-    """Q^AB/F pixel by pixel as docs/metrics.md states it (conv2 'same' Sobel, the G = g_F quirk)."""
+    """Q^AB/F pixel by pixel as its docstring states it (conv2 'same' Sobel, the G = g_F quirk)."""
     from scipy.signal import convolve2d
 
     kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=float)
@@ -321,7 +354,7 @@ def _qabf_by_loops(a, b, f):
 
 
 def _nabf_by_loops(f, a, b):
-    """Nabf pixel by pixel as docs/metrics.md states it (Sobel/8, periodic extension)."""
+    """Nabf pixel by pixel as its docstring states it (Sobel/8, periodic extension)."""
     from scipy.signal import convolve2d
 
     hv = np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]], dtype=float) / 8
@@ -364,7 +397,7 @@ def test_qabf_and_nabf_match_pixel_loops(fusion):
 
 
 def _window_fmi(x, y):
-    """FMI of one window pair, literally as docs/metrics.md states it (explicit joint PMF)."""
+    """FMI of one window pair, literally as its docstring states it (explicit joint PMF)."""
     if np.array_equal(x, y):
         return 1.0
 
@@ -462,23 +495,68 @@ def _load_grey(path):
         return np.asarray(im.convert("L"), dtype=np.float64)
 
 
+# Scores of the average (A + B) / 2 of two real pairs, pinned to 6 significant digits, so that a
+# change to any metric's arithmetic fails here. Regenerate with
+#   python -c "from tests.test_metrics import print_real_pair_scores; print_real_pair_scores()"
+REAL_PAIRS = {
+    "tno": ("tno", "ir", "vi", "10.png"),
+    "mri_ct": ("mri_ct", "CT", "MRI", "11.png"),
+}
+PINNED_AVERAGE_SCORES = {
+    "tno": {"vif": 0.851477, "scd": 1.01828, "qabf": 0.43937, "sf": 6.5121, "ms_ssim": 0.872275,
+            "fmi_edge": 0.870218, "fmi_pixel": 0.48474, "fmi_dct": 0.408012, "fmi_w": 0.436015, "en": 7.1175,
+            "sd": 37.191, "mi": 3.37622, "ag": 2.51386, "ssim": 0.796515, "psnr": 20.5993, "cc": 0.851386,
+            "nabf": 0.0},
+    "mri_ct": {"vif": 0.445491, "scd": 0.955077, "qabf": 0.37028, "sf": 21.3673, "ms_ssim": 0.658037,
+               "fmi_edge": 0.844007, "fmi_pixel": 0.682583, "fmi_dct": 0.428071, "fmi_w": 0.45813, "en": 4.88256,
+               "sd": 55.9867, "mi": 3.9668, "ag": 5.73189, "ssim": 0.72128, "psnr": 16.215, "cc": 0.832389,
+               "nabf": 0.0},
+}  # fmt: skip
+
+
+def _real_pair(key):
+    folder, mod_a, mod_b, name = REAL_PAIRS[key]
+    return _load_grey(shared_data(folder, mod_a, name)), _load_grey(shared_data(folder, mod_b, name))
+
+
+def print_real_pair_scores():
+    for key in REAL_PAIRS:
+        a, b = _real_pair(key)
+        print(f'"{key}":', {k: float(f"{v:.6g}") for k, v in evaluate(a, b, 0.5 * (a + b)).items()})
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="shared sample data not present")
-@pytest.mark.parametrize("pair", [("tno", "ir", "vi", "10.png"), ("mri_ct", "CT", "MRI", "11.png")], ids=["tno", "mri_ct"])
-def test_real_pair_average_fusion_is_sane(pair):
-    folder, mod_a, mod_b, name = pair
-    a = _load_grey(os.path.join(SHARED_DATA, folder, mod_a, name))
-    b = _load_grey(os.path.join(SHARED_DATA, folder, mod_b, name))
+@pytest.mark.parametrize("key", list(REAL_PAIRS))
+def test_real_pair_average_fusion_scores_are_pinned(key):
+    a, b = _real_pair(key)
     out = evaluate(a, b, 0.5 * (a + b))
-    assert set(out) == set(METRICS)
-    assert all(math.isfinite(v) for v in out.values()), out
-    ranges = {
-        "vif": (0.1, 2.0), "scd": (0.0, 2.0), "qabf": (0.1, 1.0), "sf": (1.0, 60.0), "ms_ssim": (0.3, 1.0),
-        "fmi_edge": (0.5, 1.0), "fmi_pixel": (0.2, 1.0), "fmi_dct": (0.1, 1.0), "fmi_w": (0.1, 1.0),
-        "en": (3.0, 8.0), "sd": (5.0, 128.0), "mi": (0.5, 16.0), "ag": (0.5, 30.0), "ssim": (0.3, 1.0),
-        "psnr": (8.0, 40.0), "cc": (-1.0, 1.0), "nabf": (0.0, 0.05),
-    }  # fmt: skip
-    for metric, (lo, hi) in ranges.items():
-        assert lo <= out[metric] <= hi, (metric, out[metric])
-    # averaging keeps some of each source: better than copying one source on information metrics
-    assert out["mi"] > 0 and out["ssim"] > evaluate(a, b, a, ["ssim"])["ssim"] - 0.5
+    assert list(out) == list(METRICS)
+    for name, expected in PINNED_AVERAGE_SCORES[key].items():
+        assert out[name] == pytest.approx(expected, rel=2e-5, abs=1e-9), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", list(REAL_PAIRS))
+def test_real_pair_identities(key):
+    """Relations every correct implementation satisfies, on real images."""
+    a, b = _real_pair(key)
+    avg = evaluate(a, b, 0.5 * (a + b), ["sd", "sf", "ag", "nabf"])
+    alone = {name: evaluate(a, b, x, ["sd", "sf", "ag"]) for name, x in (("a", a), ("b", b))}
+    for name in ("sd", "sf", "ag"):  # each is a norm, so the average obeys the triangle inequality
+        assert avg[name] < 0.5 * (alone["a"][name] + alone["b"][name]), name
+    assert avg["nabf"] == 0.0  # the average's gradient never exceeds both sources' gradients
+    # fused = one source: the scores reduce to a comparison of the two sources, the same either way round
+    names = ["ssim", "ms_ssim", "psnr", "mi", "en", "vif", "nabf", "qabf"]
+    as_a, as_b = evaluate(a, b, a, names), evaluate(b, a, b, names)
+    for name in ("ssim", "ms_ssim", "psnr"):
+        assert as_a[name] == pytest.approx(as_b[name], rel=1e-12), name
+    assert 0.5 < as_a["ssim"] < 1.0 and 0.5 < as_a["ms_ssim"] < 1.0  # the mean of 1 (itself) and SSIM(A, B) < 1
+    assert as_a["mi"] - as_a["en"] == pytest.approx(as_b["mi"] - as_b["en"], rel=1e-9)  # I(A;B) both ways
+    assert as_a["mi"] - as_a["en"] > 0
+    assert as_a["vif"] == pytest.approx(1.0 + vif_p(b, a), rel=1e-9) and vif_p(a, a) == pytest.approx(1.0)
+    assert as_a["nabf"] == 0.0 and as_b["nabf"] == 0.0
+    assert as_a["qabf"] > avg_qabf(a, b) - 0.5 and 0 < as_a["qabf"] < 1
+
+
+def avg_qabf(a, b):
+    return qabf(a, b, 0.5 * (a + b))

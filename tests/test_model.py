@@ -60,17 +60,16 @@ def test_parity_with_official_output(parity, backend):
     torch.testing.assert_close(y, parity["y"], atol=1e-4, rtol=0)
 
 
-@pytest.mark.slow
+@pytest.mark.interpreter
 def test_parity_with_official_output_triton(parity):
-    """The triton backend (the CPU interpreter here) on the same fixture."""
+    """The triton backend on the same fixture: minutes under the CPU interpreter, so opt-in
+    (python -m pytest -m interpreter); the kernels themselves are tested op by op in tests/ops."""
+    pytest.importorskip("triton")
     model = FusionMamba(**parity["config"], backend="triton")
     model.load_state_dict(parity["state_dict"], strict=True)
     model.eval()
-    try:
-        with torch.no_grad():
-            y = model(parity["x1"], parity["x2"])
-    except NotImplementedError as exc:
-        pytest.skip(f"a triton op path is not wired yet: {exc}")
+    with torch.no_grad():
+        y = model(parity["x1"], parity["x2"])
     torch.testing.assert_close(y, parity["y"], atol=1e-4, rtol=0)
 
 

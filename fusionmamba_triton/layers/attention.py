@@ -1,4 +1,4 @@
-"""Channel attention gates of the DVSS and DFFM blocks (docs/fusionmamba_spec.md §2, §5).
+"""Channel attention gates of the DVSS and DFFM blocks (README, "Design notes").
 
 Both take channels-last tensors (B, h, w, C).
 """

@@ -1,4 +1,4 @@
-"""DFFM (official `VSSBlock_Cross_new`): DFEM + CMFM, docs/fusionmamba_spec.md §5.
+"""DFFM (official `VSSBlock_Cross_new`): DFEM + CMFM; README, "Design notes".
 
 Attribute names are the checkpoint's: `Cross_layer` is the DFEM, `self_attention_cross` the
 CMFM, `self_attention_cross_spatial` a channel ECA despite its name.

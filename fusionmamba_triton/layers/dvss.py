@@ -1,4 +1,4 @@
-"""DVSS block (official `VSSBlock_new`), docs/fusionmamba_spec.md §2, and a stage of them."""
+"""DVSS block (official `VSSBlock_new`; README, "Design notes") and a stage of them."""
 from __future__ import annotations
 
 import torch

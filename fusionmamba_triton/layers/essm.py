@@ -1,5 +1,5 @@
-"""ESSM: the SS2D state-space block with the efficient skip-sampled 2D scan (ES2D),
-docs/fusionmamba_spec.md §3. Tensors outside the block are channels-last (B, h, w, C).
+"""ESSM: the SS2D state-space block with the efficient skip-sampled 2D scan (ES2D); README,
+"Design notes". Tensors outside the block are channels-last (B, h, w, C).
 
 Parameter names (`x_proj_weight`, `dt_projs_weight`, `A_logs`, `Ds`, ...) and their
 registration order are fixed by the official checkpoints.

@@ -1,4 +1,4 @@
-"""LDC: the learnable descriptive 3x3 convolution (docs/fusionmamba_spec.md §6) as a module."""
+"""LDC: the learnable descriptive 3x3 convolution (README, "Design notes") as a module."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Image-fusion quality metrics with named conventions (definitions: docs/metrics.md).
+"""Image-fusion quality metrics in the conventions of the published code families (described here).
 
     from fusionmamba_triton.metrics import evaluate
     scores = evaluate(ir, vis, fused)                  # all metrics, canonical math
@@ -29,20 +29,24 @@ Nabf, FMI or MS-SSIM; CDDFuse has no Nabf, FMI or MS-SSIM).
 The "matlab" SSIM follows MATLAB's documented `ssim` (Gaussian sigma 1.5, 11 taps, replicate
 padding, DynamicRange 1 on 0-255 doubles) and has not been checked against MATLAB itself.
 The MATLAB family's "MS_SSIM" column is Ma et al.'s MEF-SSIM, which is not reproduced.
-Undefined values (a correlation with a constant image, PSNR of identical images) come back as
-NaN or inf rather than raising.
+Undefined values (a correlation with a constant image, PSNR of identical images, a metric whose
+window or scales do not fit a small image) come back as NaN or inf rather than raising; `evaluate`
+warns once per call (UndefinedMetricWarning) naming the metrics an image was too small for.
 """
-from .api import ALIASES, COLOUR_MODES, METRICS, evaluate, rgb_to_y
+from .api import ALIASES, COLOUR_MODES, METRICS, UndefinedMetricWarning, evaluate, rgb_to_y
 from .core import CONVENTIONS, PSNR_TANG_OFFSET_DB, qabf, vif_p
 from .feature_mi import FMI_FEATURES, fmi
+from .ssim_torch import ImageTooSmallError
 
 __all__ = [
     "ALIASES",
     "COLOUR_MODES",
     "CONVENTIONS",
     "FMI_FEATURES",
+    "ImageTooSmallError",
     "METRICS",
     "PSNR_TANG_OFFSET_DB",
+    "UndefinedMetricWarning",
     "evaluate",
     "fmi",
     "qabf",

@@ -7,9 +7,23 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from ..imaging import rgb_to_grey as rgb_to_y
 from . import core
 from .core import CONVENTIONS
 from .feature_mi import fmi
+from .ssim_torch import ImageTooSmallError
+
+
+class UndefinedMetricWarning(UserWarning):
+    """Some metrics could not be computed for an image (too small for them) and came back as NaN.
+
+    `reasons` maps each such metric name to why, e.g. {"ms_ssim": "... needs a short side above 160 px"}.
+    """
+
+    def __init__(self, message: str, reasons: dict[str, str] | None = None):
+        super().__init__(message)
+        self.reasons = dict(reasons or {})
+
 
 _METRIC_FUNCTIONS: dict[str, Callable] = {
     # the six metrics of the FusionMamba paper
@@ -58,11 +72,6 @@ def _to_array(name: str, x) -> np.ndarray:
     return x
 
 
-def rgb_to_y(x: np.ndarray) -> np.ndarray:
-    """Luma Y of an (H, W, 3) RGB image, BT.601 full range (the Y of JPEG YCbCr): (H, W)."""
-    return 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
-
-
 def _resolve_metrics(metrics: Iterable[str] | str | None) -> list[str]:
     if metrics is None:
         return list(METRICS)
@@ -87,6 +96,9 @@ def evaluate(a, b, fused, metrics=None, convention: str = "canonical", colour: s
     inputs, "per_channel" averages the scores over R, G, B (grey inputs are repeated); the default
     is "per_channel" for the vifb convention (as VIFB does) and "y" otherwise. Warns when all
     three images lie within [0, 1] (probably not 0-255 data).
+
+    A metric the image is too small for (MS-SSIM needs a short side above 160 px, VIF 41 px,
+    SSIM 11 px, FMI 3 px) is NaN, with one UndefinedMetricWarning per call naming them all.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -111,8 +123,17 @@ def evaluate(a, b, fused, metrics=None, convention: str = "canonical", colour: s
     else:
         planes = [tuple(x[..., c] if x.ndim == 3 else x for x in images.values()) for c in range(3)]
 
-    results = {}
+    results, undefined = {}, {}
     for name in names:
         metric = _METRIC_FUNCTIONS[ALIASES.get(name, name)]
-        results[name] = float(np.mean([metric(pa, pb, pf, convention=convention) for pa, pb, pf in planes]))
+        try:
+            results[name] = float(np.mean([metric(pa, pb, pf, convention=convention) for pa, pb, pf in planes]))
+        except ImageTooSmallError as exc:
+            results[name] = float("nan")
+            undefined[name] = str(exc).rsplit(", got", 1)[0]
+    if undefined:
+        height, width = sizes["fused"]
+        listed = "; ".join(f"{name} ({reason})" for name, reason in undefined.items())
+        message = f"a {width}x{height} image is too small for {len(undefined)} metric(s), scored NaN: {listed}"
+        warnings.warn(UndefinedMetricWarning(message, undefined), stacklevel=2)
     return results

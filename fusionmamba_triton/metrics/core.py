@@ -1,7 +1,10 @@
 """Image-fusion metrics on one grey (A, B, F) triple: 2-D float64 arrays on the 0-255 scale.
 
-Definitions and conventions follow docs/metrics.md. Each function takes the sources `a`, `b`,
-the fused image `f` and a `convention` in CONVENTIONS; input checking lives in `evaluate`.
+The conventions are described in the package docstring (fusionmamba_triton.metrics) and the
+README's "Metrics" section; each function's docstring gives its formula. Each takes the sources
+`a`, `b`, the fused image `f` and a `convention` in CONVENTIONS; input checking lives in
+`evaluate`. A metric whose window or scales do not fit the image raises ImageTooSmallError,
+which `evaluate` reports as NaN.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .ssim_torch import MS_SSIM_WEIGHTS, gaussian_window_1d, ms_ssim_window_sizes
+from .ssim_torch import MS_SSIM_WEIGHTS, ImageTooSmallError, gaussian_window_1d, ms_ssim_window_sizes
 
 CONVENTIONS = ("canonical", "matlab", "cddfuse", "vifb")
 PSNR_TANG_OFFSET_DB = 20.0 * math.log10(255.0)  # 48.1308: Tang's PSNR = standard PSNR + this
@@ -58,8 +61,14 @@ def standard_deviation(a, b, f, convention="canonical"):
     return float(np.std(f))
 
 
+def _check_two_pixels(name: str, f: np.ndarray) -> None:
+    if min(f.shape) < 2:
+        raise ImageTooSmallError(f"{name} needs images of at least 2x2 pixels (differences in both directions), got {f.shape}")
+
+
 def spatial_frequency(a, b, f, convention="canonical"):
     """SF = sqrt(RF^2 + CF^2); means over the M(N-1) and (M-1)N differences, or sums / MN for VIFB."""
+    _check_two_pixels("SF", f)
     dx2 = np.diff(f, axis=1) ** 2
     dy2 = np.diff(f, axis=0) ** 2
     if convention == "vifb":
@@ -69,6 +78,7 @@ def spatial_frequency(a, b, f, convention="canonical"):
 
 def average_gradient(a, b, f, convention="canonical"):
     """AG: sum of sqrt((Gx^2 + Gy^2) / 2) over MN pixels, / (M-1)(N-1), or / MN for CDDFuse."""
+    _check_two_pixels("AG", f)
     gy, gx = np.gradient(f)
     total = float(np.sqrt((gx * gx + gy * gy) / 2.0).sum())
     m, n = f.shape
@@ -161,8 +171,12 @@ def _filter(x: np.ndarray, win: np.ndarray, mode: str = "valid") -> np.ndarray:
     return out[before : x.shape[0] - after, before : x.shape[1] - after]
 
 
-def _ssim_map(x, y, win, c1, c2, mode="valid", sample_covariance=False):
-    """SSIM map with the separable window outer(win, win); 'valid' crops, else ndimage padding `mode`."""
+def _ssim_maps(x, y, win, c1, c2, mode="valid", sample_covariance=False):
+    """Luminance and contrast-structure maps of SSIM with the separable window outer(win, win).
+
+    The one numpy SSIM: 'valid' crops (MATLAB filter2 'valid'), another `mode` pads as ndimage
+    does; sample_covariance rescales the (co)variances by n / (n - 1) as skimage does.
+    """
     mu_x, mu_y = _filter(x, win, mode), _filter(y, win, mode)
     var_x = _filter(x * x, win, mode) - mu_x * mu_x
     var_y = _filter(y * y, win, mode) - mu_y * mu_y
@@ -170,24 +184,27 @@ def _ssim_map(x, y, win, c1, c2, mode="valid", sample_covariance=False):
     if sample_covariance:
         n = win.size**2
         var_x, var_y, cov = (v * n / (n - 1.0) for v in (var_x, var_y, cov))
-    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    return luminance, (2 * cov + c2) / (var_x + var_y + c2)
 
 
 def _ssim_one(x, y, convention):
     if convention == "cddfuse":
         # skimage 0.19 defaults on float input: 7x7 uniform, sample covariance, data_range 2, crop 3
-        win = np.full(7, 1.0 / 7.0)
-        return float(_ssim_map(x, y, win, (0.01 * 2) ** 2, (0.03 * 2) ** 2, sample_covariance=True).mean())
-    if convention == "matlab":
+        win, c1, c2, mode, sample = np.full(7, 1.0 / 7.0), (0.01 * 2) ** 2, (0.03 * 2) ** 2, "valid", True
+    elif convention == "matlab":
         # MATLAB ssim on 0-255 doubles: Gaussian sigma 1.5 (11 taps), replicate padding, DynamicRange 1
-        return float(_ssim_map(x, y, _gaussian_1d(11, 1.5), 0.01**2, 0.03**2, "nearest").mean())
-    return float(_ssim_map(x, y, _gaussian_1d(11, 1.5), (0.01 * 255) ** 2, (0.03 * 255) ** 2).mean())
+        win, c1, c2, mode, sample = _gaussian_1d(11, 1.5), 0.01**2, 0.03**2, "nearest", False
+    else:
+        win, c1, c2, mode, sample = _gaussian_1d(11, 1.5), (0.01 * 255) ** 2, (0.03 * 255) ** 2, "valid", False
+    luminance, cs = _ssim_maps(x, y, win, c1, c2, mode, sample)
+    return float((luminance * cs).mean())
 
 
 def structural_similarity(a, b, f, convention="canonical"):
     """SSIM of F against each source: mean of the two (canonical, matlab) or their sum (cddfuse, vifb)."""
     if min(f.shape) < (7 if convention == "cddfuse" else 11):
-        raise ValueError(f"SSIM needs images of at least 11x11 pixels (7x7 for cddfuse), got {f.shape}")
+        raise ImageTooSmallError(f"SSIM needs images of at least 11x11 pixels (7x7 for cddfuse), got {f.shape}")
     total = _ssim_one(f, a, convention) + _ssim_one(f, b, convention)
     return total if convention in ("cddfuse", "vifb") else 0.5 * total
 
@@ -207,16 +224,12 @@ def _ms_ssim_one(x: np.ndarray, y: np.ndarray) -> float:
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     value = 1.0
     for level, weight in enumerate(MS_SSIM_WEIGHTS):
-        mu_x, mu_y = _filter(x, win), _filter(y, win)
-        var_x = _filter(x * x, win) - mu_x * mu_x
-        var_y = _filter(y * y, win) - mu_y * mu_y
-        cs_map = (2 * (_filter(x * y, win) - mu_x * mu_y) + c2) / (var_x + var_y + c2)
+        luminance, cs = _ssim_maps(x, y, win, c1, c2)
         if level < len(MS_SSIM_WEIGHTS) - 1:
-            value *= max(float(cs_map.mean()), 0.0) ** weight
+            value *= max(float(cs.mean()), 0.0) ** weight
             x, y = _average_pool_2x2(x), _average_pool_2x2(y)
         else:
-            luminance = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-            value *= max(float((luminance * cs_map).mean()), 0.0) ** weight
+            value *= max(float((luminance * cs).mean()), 0.0) ** weight
     return value
 
 
@@ -227,12 +240,15 @@ def ms_ssim(a, b, f, convention="canonical"):
     negative cs / SSIM clamped to 0. The MATLAB family's "MS_SSIM" column is a different metric
     (MEF-SSIM, Ma et al. 2015) that is not reproduced: every convention returns Wang's MS-SSIM.
     """
-    ms_ssim_window_sizes(*f.shape)  # raises a clear error for images too small for 5 scales
+    ms_ssim_window_sizes(*f.shape)  # raises ImageTooSmallError for images too small for 5 scales
     return 0.5 * (_ms_ssim_one(a, f) + _ms_ssim_one(b, f))
 
 
 def vif_p(reference: np.ndarray, distorted: np.ndarray, noise_var: float = 2.0) -> float:
-    """Sheikh & Bovik pixel-domain multiscale VIF (vifp_mscale.m) of a distorted image against a reference."""
+    """Sheikh & Bovik pixel-domain multiscale VIF (vifp_mscale.m) of a distorted image against a reference.
+
+    NaN when the reference is flat at every scale (the ratio is 0 / 0).
+    """
     num = den = 0.0
     ref, dist = reference, distorted
     for scale in range(1, 5):
@@ -260,13 +276,13 @@ def vif_p(reference: np.ndarray, distorted: np.ndarray, noise_var: float = 2.0) 
         sv = np.maximum(sv, 1e-10)
         num += float(np.log10(1.0 + g * g * s1 / (sv + noise_var)).sum())
         den += float(np.log10(1.0 + s1 / noise_var).sum())
-    return num / den
+    return num / den if den > 0 else float("nan")  # a flat reference carries no information
 
 
 def vif(a, b, f, convention="canonical"):
     """VIF as used in fusion papers: VIFp(A -> F) + VIFp(B -> F), sigma_n^2 = 2 on 0-255."""
     if min(f.shape) < 41:
-        raise ValueError(f"VIF needs images of at least 41x41 pixels (4 scales), got {f.shape}")
+        raise ImageTooSmallError(f"VIF needs images of at least 41x41 pixels (4 scales), got {f.shape}")
     return vif_p(a, f) + vif_p(b, f)
 
 

@@ -15,6 +15,8 @@ import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
+from .ssim_torch import ImageTooSmallError
+
 FMI_FEATURES = ("edge", "none", "dct", "wavelet", "gradient")
 _BLOCK = 16384  # windows per vectorised block: its (block, 2 w^2 - 1) float64 arrays stay near 2 MB
 
@@ -145,8 +147,10 @@ def _pair_fmi(src_win: np.ndarray, fused_win: np.ndarray, fused_stats) -> np.nda
 
 def fmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, feature: str = "edge", window: int = 3) -> float:
     """FMI = mean over w x w windows of (FMI(A,F) + FMI(B,F)) / 2 on the chosen feature images."""
-    if window < 2 or min(f.shape) < window:
-        raise ValueError(f"FMI window must be >= 2 and fit the image, got window={window} for {f.shape}")
+    if window < 2:
+        raise ValueError(f"FMI window must be >= 2, got {window}")
+    if min(f.shape) < window:
+        raise ImageTooSmallError(f"FMI needs images of at least {window}x{window} pixels (its window), got {f.shape}")
     fa, fb, ff = (fmi_feature(x, feature) for x in (a, b, f))
     wa, wb, wf = (_windows(x, window) for x in (fa, fb, ff))
 

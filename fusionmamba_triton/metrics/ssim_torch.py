@@ -13,6 +13,13 @@ import torch.nn.functional as F
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
+class ImageTooSmallError(ValueError):
+    """The image is smaller than a metric's window or scales need: the metric is undefined for it.
+
+    `evaluate` turns it into NaN (with one warning); the loss and direct calls see the error.
+    """
+
+
 def gaussian_window_1d(size: int, sigma: float, dtype=torch.float64, device=None) -> torch.Tensor:
     """Normalised 1-D Gaussian of odd length `size`, centred on the middle tap: (size,)."""
     coords = torch.arange(size, dtype=dtype, device=device) - size // 2
@@ -38,7 +45,7 @@ def ssim_and_cs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean SSIM map and mean contrast-structure map of (B, C, H, W) images: two (B, C) tensors."""
     if min(x.shape[-2:]) < win_size:
-        raise ValueError(f"images of size {tuple(x.shape[-2:])} are smaller than the {win_size}-pixel SSIM window")
+        raise ImageTooSmallError(f"images of size {tuple(x.shape[-2:])} are smaller than the {win_size}-pixel SSIM window")
     win = gaussian_window_1d(win_size, sigma, dtype=x.dtype, device=x.device)
     c1 = (k[0] * data_range) ** 2
     c2 = (k[1] * data_range) ** 2
@@ -68,7 +75,7 @@ def ms_ssim_window_sizes(height: int, width: int, win_size: int = 11, adapt_wind
     side = min(height, width)
     if not adapt_window:
         if side <= (win_size - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1):
-            raise ValueError(
+            raise ImageTooSmallError(
                 f"5-scale MS-SSIM with a {win_size}-tap window needs images whose short side exceeds "
                 f"{(win_size - 1) * 16} px, got {height}x{width}"
             )
@@ -79,7 +86,7 @@ def ms_ssim_window_sizes(height: int, width: int, win_size: int = 11, adapt_wind
         sizes.append(min(win_size, fit))
         side = (side + 1) // 2  # the 2x2 average pool pads odd sides, so sizes round up
     if sizes[-1] < 3:
-        raise ValueError(f"5-scale MS-SSIM needs images whose short side is at least 33 px, got {height}x{width}")
+        raise ImageTooSmallError(f"5-scale MS-SSIM needs images whose short side is at least 33 px, got {height}x{width}")
     return sizes
 
 

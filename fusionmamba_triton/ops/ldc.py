@@ -1,4 +1,4 @@
-"""LDC, the learnable descriptive 3x3 convolution of docs/fusionmamba_spec.md §6.
+"""LDC, the learnable descriptive 3x3 convolution (README, "Design notes").
 
 x: (B, Ci, H, W); weight, base_mask: (Co, Ci, 3, 3); learnable_mask: (Co, Ci); theta: (1,).
 W' = W * (base_mask - theta * m[..., None, None] * c * sum_uv(W)), c the 3x3 centre indicator;

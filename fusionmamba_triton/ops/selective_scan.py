@@ -116,7 +116,7 @@ def _finish(y, u, D, z, acc):
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, discretization="mamba"):
-    """Ground truth: the recurrence of docs/fusionmamba_spec.md §4, one time step at a time, in fp32."""
+    """Ground truth: the recurrence (README, "Design notes") one time step at a time, in fp32."""
     check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, discretization)
     batch, dim, length = u.shape
     acc = _accumulation_dtype(u)
@@ -325,7 +325,7 @@ selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
 @register_flop_formula(torch.ops.fusionmamba.selective_scan)
 def _selective_scan_flops(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape, delta_bias_shape,
                           *args, out_shape=None, **kwargs) -> int:
-    """FLOPs (not MACs) of one scan, the community convention of spec §4: 9·batch·L·D·N,
+    """FLOPs (not MACs) of one scan, the community convention: 9·batch·L·D·N,
     plus batch·D·L for the D skip and batch·D·L for the z gate."""
     batch, dim, length = u_shape
     flops = 9 * batch * length * dim * A_shape[1]

@@ -1,4 +1,4 @@
-"""DVSS, ESSM and DFFM blocks against the spec's formulas and across backends."""
+"""DVSS, ESSM and DFFM blocks against their formulas (README, "Design notes") and across backends."""
 import pytest
 import torch
 import torch.nn.functional as F

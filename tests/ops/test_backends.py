@@ -27,22 +27,45 @@ def test_triton_on_cpu_without_interpreter_says_why(monkeypatch):
         resolve_backend("triton", torch.device("cpu"))
 
 
-def test_package_runs_without_triton():
-    """With triton unimportable, the model still imports and runs on the torch path."""
-    script = """
-import sys
-class NoTriton:
-    def find_spec(self, name, path=None, target=None):
-        if name == "triton" or name.startswith("triton."):
-            raise ImportError("triton is not installed")
-sys.meta_path.insert(0, NoTriton())
+# A CPU session with the package: import, forward and backward through every op on the "auto"
+# backend, a fuse() call and the metrics. Run in a fresh interpreter by the tests below.
+CPU_SESSION = """
 import torch
 import fusionmamba_triton as fm
-from fusionmamba_triton.ops.backends import resolve_backend
+from fusionmamba_triton.metrics import evaluate
 model = fm.FusionMamba(dims=[8, 16, 32, 64], dims_decoder=[64, 32, 16, 8], depths=[1, 1, 1, 1],
-                       depths_decoder=[1, 1, 1, 1]).eval()
-x = torch.rand(1, 1, 64, 64)
-assert model(x, x).shape == (1, 1, 64, 64)
+                       depths_decoder=[1, 1, 1, 1])
+x = torch.rand(1, 1, 64, 96)
+y = model(x, x.flip(-1))
+assert y.shape == (1, 1, 64, 96)
+y.square().mean().backward()
+assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("layers.0.") and p.requires_grad)
+image = torch.rand(40, 50).numpy()
+fused = fm.fuse(model, image, image)
+evaluate(image * 255, image * 255, fused * 255, ["ssim", "qabf"])
+"""
+
+
+def _run(script: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_package_runs_without_triton():
+    """With triton not installed, the package imports and runs on the CPU, and asking for the
+    triton backend says what is missing.
+
+    sys.modules["triton"] = None is how Python marks a module as absent: `import triton` raises
+    ModuleNotFoundError and importlib.util.find_spec("triton") returns None. Unlike a meta-path
+    hook that raises, it leaves `import torch` working on torch versions that probe for triton
+    while they are imported (2.14 does).
+    """
+    script = """
+import sys
+sys.modules["triton"] = None
+""" + CPU_SESSION + """
+from fusionmamba_triton.ops.backends import resolve_backend
 try:
     resolve_backend("triton", torch.device("cpu"))
 except RuntimeError as err:
@@ -50,6 +73,35 @@ except RuntimeError as err:
 else:
     raise AssertionError("triton backend resolved without triton")
 """
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _run(script)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_cpu_paths_never_load_the_kernels():
+    """With triton installed, CPU work on the default backend leaves the Triton kernels unimported
+    and no module of the package holds anything from triton (torch itself may import triton, e.g.
+    torch.utils.flop_counter does: that is not the package's doing)."""
+    pytest.importorskip("triton")
+    script = """
+import sys, types
+""" + CPU_SESSION + """
+kernels = sorted(m for m in sys.modules if m.startswith("fusionmamba_triton.kernels"))
+assert not kernels, kernels
+def from_triton(value):
+    name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+    return isinstance(name, str) and name.split(".")[0] == "triton"
+held = sorted(f"{m}.{k}" for m in list(sys.modules) if m.startswith("fusionmamba_triton") and sys.modules[m]
+              for k, v in vars(sys.modules[m]).items() if from_triton(v))
+assert not held, held
+"""
+    result = _run(script)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_triton_backend_without_triton_names_the_package(monkeypatch):
+    from fusionmamba_triton.ops import backends
+
+    monkeypatch.setattr(backends, "triton_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        resolve_backend("triton", torch.device("cpu"))
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"  # auto falls back instead of failing

@@ -82,8 +82,8 @@ def measure(impl: str, threads: int, args) -> dict:
         selective_scan(*leaves[:5], D=leaves[5], delta_bias=leaves[6], delta_softplus=True,
                        backend="numba").sum().backward()
         compile_s = time.perf_counter() - start
-        cached = all(selective_scan_cpu.SCAN_FWD[False].stats.cache_hits.values()) and bool(
-            selective_scan_cpu.SCAN_FWD[False].stats.cache_hits)
+        kernel = selective_scan_cpu.scan_fwd_kernel(False, selective_scan_cpu.padded_dstate(16))
+        cached = bool(kernel.stats.cache_hits) and all(kernel.stats.cache_hits.values())
 
     def run(*tensors):
         if impl == "sequential":

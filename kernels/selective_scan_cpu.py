@@ -2,9 +2,9 @@
 
 One work item owns whole channels: the state h (N values) stays in registers / L1 while the loop
 walks the sequence once, reading u, delta, B and C and writing y, so nothing of size (batch, D, L, N)
-is ever materialised. The N-loop runs in blocks of LANES = 16 states (one AVX-512 vector) and
-vectorises because exp, softplus and sigmoid are computed inline (_exp: 2^k * p(f)) instead of
-scalar libm calls, and the discretisation is a compile-time constant (one kernel each).
+is ever materialised. The N-loop (N padded to a multiple of LANES = 16, one AVX-512 vector) vectorises
+because exp, softplus and sigmoid are computed inline (_exp: 2^k * p(f)) instead of
+scalar libm calls, and the discretisation and padded N are compile-time constants (one kernel each).
 
 The forward optionally saves the state entering every CHUNK steps; the backward walks each channel's
 chunks in reverse, recomputes the chunk's states from the saved one, and runs the reverse recurrence
@@ -22,6 +22,7 @@ nothing). Absent optional inputs are passed as empty arrays with their flag Fals
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -119,42 +120,40 @@ def _step_sizes(delta_row, bias, softplus, out):
             out[t] = delta_row[t] + bias
 
 
-def _make_scan_fwd(zoh: bool):
-    """The forward kernel for one discretisation (a compile-time constant: a runtime branch in the
-    N-loop halves its speed)."""
+@functools.lru_cache(maxsize=None)
+def scan_fwd_kernel(zoh: bool, width: int):
+    """The forward kernel for one discretisation and state width (N padded to a multiple of LANES). Both are
+    compile-time constants: a runtime branch in the N-loop halves its speed, and a constant trip count lets
+    it become whole vectors."""
 
     @numba.njit(parallel=True, cache=True, **_JIT)
     def scan_fwd(u, delta, A, B, C, D_skip, z, bias, out, last, states,
                  b_batch, b_div, b_time, c_batch, c_div, c_time, has_d, has_z, has_bias, softplus, save_states):
         batch, dim, length = u.shape
-        padded = A.shape[1]
         for row in numba.prange(batch * dim):
             b = row // dim
             d = row - b * dim
-            b_row, b_group, c_row, c_group = b * b_batch, d // b_div, b * c_batch, d // c_div
+            a_row, b_rows, c_rows = A[d], B[b * b_batch, d // b_div], C[b * c_batch, d // c_div]
             skip = D_skip[d] if has_d else np.float32(0.0)
             steps = np.empty(length, np.float32)
             _step_sizes(delta[b, d], bias[d] if has_bias else np.float32(0.0), softplus, steps)
-            h = np.zeros(padded, np.float32)
+            h = np.zeros(width, np.float32)
             for t in range(length):
                 if save_states and t % CHUNK == 0:
                     states[b, d, t // CHUNK, :] = h
                 dl = steps[t]
                 ut = u[b, d, t]
+                b_t, c_t = b_rows[t * b_time], c_rows[t * c_time]
                 y = skip * ut
-                for n0 in range(0, padded, LANES):
-                    h_v, a_v = h[n0:n0 + LANES], A[d, n0:n0 + LANES]
-                    b_v = B[b_row, b_group, t * b_time, n0:n0 + LANES]
-                    c_v = C[c_row, c_group, t * c_time, n0:n0 + LANES]
-                    if zoh:
-                        for j in range(LANES):
-                            h_v[j] = _exp(dl * a_v[j]) * h_v[j] + _zoh_gain(dl, a_v[j]) * b_v[j] * ut
-                            y += c_v[j] * h_v[j]
-                    else:
-                        x = dl * ut
-                        for j in range(LANES):
-                            h_v[j] = _exp(dl * a_v[j]) * h_v[j] + x * b_v[j]
-                            y += c_v[j] * h_v[j]
+                if zoh:
+                    for n in range(width):
+                        h[n] = _exp(dl * a_row[n]) * h[n] + _zoh_gain(dl, a_row[n]) * b_t[n] * ut
+                        y += c_t[n] * h[n]
+                else:
+                    x = dl * ut
+                    for n in range(width):
+                        h[n] = _exp(dl * a_row[n]) * h[n] + x * b_t[n]
+                        y += c_t[n] * h[n]
                 if has_z:
                     y *= z[b, d, t] * _sigmoid(z[b, d, t])
                 out[b, d, t] = y
@@ -163,8 +162,9 @@ def _make_scan_fwd(zoh: bool):
     return scan_fwd
 
 
-def _make_scan_bwd(zoh: bool):
-    """The backward kernel for one discretisation.
+@functools.lru_cache(maxsize=None)
+def scan_bwd_kernel(zoh: bool, width: int):
+    """The backward kernel for one discretisation and state width.
 
     Work item (b, k) owns channels k*block .. (k+1)*block of batch row b (never straddling a B/C group).
     Per-row results: du, ddelta, dz, and dA_rows / dD_rows / dbias_rows (batch, D, ...) that the caller
@@ -177,28 +177,30 @@ def _make_scan_bwd(zoh: bool):
                  b_batch, b_div, b_time, c_batch, c_div, c_time, block,
                  has_d, has_z, has_bias, has_dlast, softplus):
         batch, dim, length = u.shape
-        padded = A.shape[1]
         n_blocks = dim // block
         n_chunks = (length + CHUNK - 1) // CHUNK
         for item in numba.prange(batch * n_blocks):
             b = item // n_blocks
             k = item - b * n_blocks
             steps = np.empty(length, np.float32)
-            hs = np.empty((CHUNK, padded), np.float32)  # the states h_t of the chunk being walked
-            decays = np.empty((CHUNK, padded), np.float32)
-            dh = np.empty(padded, np.float32)  # the gradient reaching h_t from the steps after t
-            dA_acc = np.empty(padded, np.float32)
+            hs = np.empty((CHUNK, width), np.float32)  # the states h_t of the chunk being walked
+            decays = np.empty((CHUNK, width), np.float32)
+            dh = np.empty(width, np.float32)  # the gradient reaching h_t from the steps after t
+            dA_acc = np.empty(width, np.float32)
             for d in range(k * block, (k + 1) * block):
-                b_row, b_group, c_row, c_group = b * b_batch, d // b_div, b * c_batch, d // c_div
+                a_row, b_rows, c_rows = A[d], B[b * b_batch, d // b_div], C[b * c_batch, d // c_div]
+                # Variable B / C: this item's rows of the partial sums; constant: this channel's one row.
+                db_rows = dB_part[b, k] if b_time else dB_part[b, d]
+                dc_rows = dC_part[b, k] if c_time else dC_part[b, d]
+                if b_time == 0:
+                    db_rows[:] = 0.0
+                if c_time == 0:
+                    dc_rows[:] = 0.0
                 skip = D_skip[d] if has_d else np.float32(0.0)
                 bias_d = bias[d] if has_bias else np.float32(0.0)
                 _step_sizes(delta[b, d], bias_d, softplus, steps)
                 dD_acc = np.float32(0.0)
                 dA_acc[:] = 0.0
-                if b_time == 0:  # constant B / C: accumulate over time straight into this row's output
-                    dB_part[b, d, 0, :] = 0.0
-                if c_time == 0:
-                    dC_part[b, d, 0, :] = 0.0
                 if has_dlast:
                     dh[:] = dlast[b, d]
                 else:
@@ -211,75 +213,64 @@ def _make_scan_bwd(zoh: bool):
                         t = t0 + i
                         dl = steps[t]
                         ut = u[b, d, t]
+                        b_t, h_t, decay_t = b_rows[t * b_time], hs[i], decays[i]
                         prev = hs[i - 1] if i > 0 else states[b, d, c]
-                        for n0 in range(0, padded, LANES):
-                            h_v, decay_v, prev_v = hs[i, n0:n0 + LANES], decays[i, n0:n0 + LANES], prev[n0:n0 + LANES]
-                            a_v = A[d, n0:n0 + LANES]
-                            b_v = B[b_row, b_group, t * b_time, n0:n0 + LANES]
-                            if zoh:
-                                for j in range(LANES):
-                                    decay_v[j] = _exp(dl * a_v[j])
-                                    h_v[j] = decay_v[j] * prev_v[j] + _zoh_gain(dl, a_v[j]) * b_v[j] * ut
-                            else:
-                                x = dl * ut
-                                for j in range(LANES):
-                                    decay_v[j] = _exp(dl * a_v[j])
-                                    h_v[j] = decay_v[j] * prev_v[j] + x * b_v[j]
+                        if zoh:
+                            for n in range(width):
+                                decay_t[n] = _exp(dl * a_row[n])
+                                h_t[n] = decay_t[n] * prev[n] + _zoh_gain(dl, a_row[n]) * b_t[n] * ut
+                        else:
+                            x = dl * ut
+                            for n in range(width):
+                                decay_t[n] = _exp(dl * a_row[n])
+                                h_t[n] = decay_t[n] * prev[n] + x * b_t[n]
                     # Walk it backwards.
                     for i in range(n_steps - 1, -1, -1):
                         t = t0 + i
                         dl = steps[t]
                         ut = u[b, d, t]
+                        b_t, c_t, h_t, decay_t = b_rows[t * b_time], c_rows[t * c_time], hs[i], decays[i]
+                        db_t, dc_t = db_rows[t * b_time], dc_rows[t * c_time]
                         prev = hs[i - 1] if i > 0 else states[b, d, c]
                         dy = dout[b, d, t]
                         if has_z:
                             zt = z[b, d, t]
                             y = skip * ut
-                            for n0 in range(0, padded, LANES):
-                                h_v = hs[i, n0:n0 + LANES]
-                                c_v = C[c_row, c_group, t * c_time, n0:n0 + LANES]
-                                for j in range(LANES):
-                                    y += c_v[j] * h_v[j]
+                            for n in range(width):
+                                y += c_t[n] * h_t[n]
                             sig = _sigmoid(zt)
                             dz[b, d, t] = dy * y * sig * (np.float32(1.0) + zt * (np.float32(1.0) - sig))
                             dy = dy * zt * sig
                         ddl = np.float32(0.0)
                         du_t = skip * dy
-                        dlu = dl * ut
-                        for n0 in range(0, padded, LANES):
-                            h_v, decay_v, prev_v = hs[i, n0:n0 + LANES], decays[i, n0:n0 + LANES], prev[n0:n0 + LANES]
-                            a_v, dh_v, dA_v = A[d, n0:n0 + LANES], dh[n0:n0 + LANES], dA_acc[n0:n0 + LANES]
-                            b_v = B[b_row, b_group, t * b_time, n0:n0 + LANES]
-                            c_v = C[c_row, c_group, t * c_time, n0:n0 + LANES]
-                            db_v = dB_part[b, k, t, n0:n0 + LANES] if b_time else dB_part[b, d, 0, n0:n0 + LANES]
-                            dc_v = dC_part[b, k, t, n0:n0 + LANES] if c_time else dC_part[b, d, 0, n0:n0 + LANES]
-                            if zoh:
-                                for j in range(LANES):
-                                    dh_j = dh_v[j] + c_v[j] * dy  # the total gradient reaching h_t
-                                    g_decay = dh_j * prev_v[j] * decay_v[j]  # through the decay, d/d(delta * A)
-                                    dx_b = dh_j * b_v[j]
-                                    gain = _zoh_gain(dl, a_v[j])
-                                    if a_v[j] == np.float32(0.0):
-                                        dgain_da = np.float32(0.5) * dl * dl
-                                    else:
-                                        dgain_da = (dl * decay_v[j] - gain) / a_v[j]
-                                    ddl += g_decay * a_v[j] + dx_b * ut * decay_v[j]
-                                    dA_v[j] += g_decay * dl + dx_b * ut * dgain_da
-                                    du_t += dx_b * gain
-                                    db_v[j] += dh_j * gain * ut
-                                    dc_v[j] += h_v[j] * dy
-                                    dh_v[j] = dh_j * decay_v[j]  # carried to h_{t-1}
-                            else:
-                                for j in range(LANES):
-                                    dh_j = dh_v[j] + c_v[j] * dy
-                                    g_decay = dh_j * prev_v[j] * decay_v[j]
-                                    dx_b = dh_j * b_v[j]
-                                    ddl += g_decay * a_v[j] + dx_b * ut
-                                    dA_v[j] += g_decay * dl
-                                    du_t += dx_b * dl
-                                    db_v[j] += dh_j * dlu
-                                    dc_v[j] += h_v[j] * dy
-                                    dh_v[j] = dh_j * decay_v[j]
+                        if zoh:
+                            for n in range(width):
+                                dh_n = dh[n] + c_t[n] * dy  # the total gradient reaching h_t
+                                g_decay = dh_n * prev[n] * decay_t[n]  # through the decay, d/d(delta * A)
+                                dx_b = dh_n * b_t[n]
+                                gain = _zoh_gain(dl, a_row[n])
+                                if a_row[n] == np.float32(0.0):
+                                    dgain_da = np.float32(0.5) * dl * dl
+                                else:
+                                    dgain_da = (dl * decay_t[n] - gain) / a_row[n]
+                                ddl += g_decay * a_row[n] + dx_b * ut * decay_t[n]
+                                dA_acc[n] += g_decay * dl + dx_b * ut * dgain_da
+                                du_t += dx_b * gain
+                                db_t[n] += dh_n * gain * ut
+                                dc_t[n] += h_t[n] * dy
+                                dh[n] = dh_n * decay_t[n]  # carried to h_{t-1}
+                        else:
+                            dlu = dl * ut
+                            for n in range(width):
+                                dh_n = dh[n] + c_t[n] * dy
+                                g_decay = dh_n * prev[n] * decay_t[n]
+                                dx_b = dh_n * b_t[n]
+                                ddl += g_decay * a_row[n] + dx_b * ut
+                                dA_acc[n] += g_decay * dl
+                                du_t += dx_b * dl
+                                db_t[n] += dh_n * dlu
+                                dc_t[n] += h_t[n] * dy
+                                dh[n] = dh_n * decay_t[n]
                         if has_d:
                             dD_acc += dy * ut
                         du[b, d, t] = du_t
@@ -301,10 +292,6 @@ def _make_scan_bwd(zoh: bool):
                 dbias_rows[b, d] = dbias_acc
 
     return scan_bwd
-
-
-SCAN_FWD = {False: _make_scan_fwd(False), True: _make_scan_fwd(True)}  # keyed by "is ZOH"
-SCAN_BWD = {False: _make_scan_bwd(False), True: _make_scan_bwd(True)}
 
 
 # ---------------------------------------------------------------------- launchers (torch tensors in and out)
@@ -363,7 +350,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     last = torch.empty(batch, dim, padded, dtype=torch.float32)
     states = torch.empty((batch, dim, n_chunks(length), padded) if save_states else (0, 0, 0, 0), dtype=torch.float32)
     _threads()
-    SCAN_FWD[discretization == "zoh"](
+    scan_fwd_kernel(discretization == "zoh", padded)(
         _array(u), _array(delta), _array(A, padded), B_arr, C_arr, _optional(D, 1), _optional(z, 3),
         _optional(delta_bias, 1), out.numpy(), last.numpy(), states.numpy(), b_batch, b_div, b_time,
         c_batch, c_div, c_time, D is not None, z is not None, delta_bias is not None, bool(delta_softplus),
@@ -413,7 +400,7 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, chunk_s
     dC = torch.zeros(batch, dim // block, length, padded, **f32) if c_time else torch.empty(batch, dim, 1, padded, **f32)
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
     _threads()
-    SCAN_BWD[discretization == "zoh"](
+    scan_bwd_kernel(discretization == "zoh", padded)(
         _array(u), _array(delta), _array(A, padded), B_arr, C_arr, _optional(D, 1), _optional(z, 3),
         _optional(delta_bias, 1), chunk_states.numpy(), _array(dout),
         _array(dlast, padded) if dlast is not None else np.empty((0, 0, 0), np.float32),

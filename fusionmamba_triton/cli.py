@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -114,6 +115,21 @@ def _add_precision_arg(p: argparse.ArgumentParser) -> None:
                         "(GPUs) under autocast; norms, the scan and the output head stay fp32")
 
 
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: OMP_NUM_THREADS if set, else as many as there are idle cores: a thread "
+                        "sharing a busy core stalls every other one, see README 'Threads')")
+
+
+def _set_threads(args) -> None:
+    """Apply --threads (or the automatic choice) on a single-process run."""
+    from .threads import configure_threads
+
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads must be at least 1, got {args.threads}")
+    args.threads = configure_threads(args.threads)
+
+
 def _add_max_pixels_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=None,
                    help=f"read images of up to this many pixels (default {max_image_pixels() or 0:,}, Pillow's guard "
@@ -132,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--method", choices=METHODS, default="model", help="FusionMamba or a classical baseline")
     _add_precision_arg(p)
+    _add_threads_arg(p)
     p.add_argument("--tile", type=int, default=None, help="fuse in overlapping tiles of this size (multiple of 32) to save memory")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels, at most tile/2 (default min(64, tile/4))")
     _add_max_pixels_arg(p)
@@ -175,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thumb-height", type=int, default=256, help="height of the sheet thumbnails in pixels")
     p.add_argument("--save-fused", action="store_true", help="also write the fused images to OUT/fused/<method>/")
     p.add_argument("--title", default=None, help="report title (default: the task and folders)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
+    _add_threads_arg(p)
     _add_precision_arg(p)
     _add_max_pixels_arg(p)
 
@@ -214,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clamped (official): loss on the output clipped to [0, 1]; unclamped: on the raw output, "
                         "so blown-out pixels get a gradient")
     p.add_argument("--cache-images", action="store_true", help="decode the training pairs once and keep them in memory")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    _add_threads_arg(p)
     p.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
                    help="mixed precision: bf16 on CPUs (AVX512-BF16 or AMX) and GPUs, fp16 on GPUs")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -284,6 +301,7 @@ def cmd_fuse(args) -> int:
         from .inference import fuse, load_model
 
         device = _device(args.device)
+        _set_threads(args)
         task = args.task or "ir-vis"
         model = load_model(args.weights, preset=args.preset, device=device, backend=args.backend,
                            allow_untrained=args.allow_untrained, task=task)
@@ -426,8 +444,6 @@ def _nan_to_none(tree):
 
 
 def cmd_compare(args) -> int:
-    import torch
-
     from .metrics import CONVENTIONS
     from .report import DEFAULT_METRICS, compare, format_table, mean_scores, method_fusers, parse_weights, write_report
 
@@ -435,14 +451,12 @@ def cmd_compare(args) -> int:
     _check_metric_names("--metrics", metrics)
     if args.convention not in CONVENTIONS:
         raise CLIError(f"--convention: unknown convention {args.convention!r}; choose from {', '.join(CONVENTIONS)}")
-    for option, value, low in (("--max-rows", args.max_rows, 1), ("--thumb-height", args.thumb_height, 16),
-                               ("--threads", args.threads, 1)):
+    for option, value, low in (("--max-rows", args.max_rows, 1), ("--thumb-height", args.thumb_height, 16)):
         if value is not None and value < low:
             raise CLIError(f"{option} must be at least {low}, got {value}")
     _check_tiling_args(args)
     _apply_max_pixels(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     a_dir, b_dir = _pair_dirs(args)
     pairs, unmatched = find_pairs(a_dir, b_dir)
     task = args.task or "ir-vis"
@@ -506,6 +520,8 @@ def _val_pairs(a: Path | None, b: Path | None) -> list:
 def cmd_train(args) -> int:
     from .train import TrainConfig, train
 
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # torchrun's processes keep their own thread counts
+        _set_threads(args)
     a_dir, b_dir = _pair_dirs(args)
     _check_metric_names("--val-metrics", args.val_metrics)
     keep_best = ()

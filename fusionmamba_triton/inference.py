@@ -218,7 +218,9 @@ def fuse(
       image, to bound memory; tiles are blended with raised-cosine weights over `overlap` pixels
       (at most tile / 2; default min(64, tile / 4)). FusionMamba's scans see the whole input, so
       tiled results differ slightly from untiled ones.
-    autocast_dtype: None (fp32), torch.float16 / torch.bfloat16 or "fp16" / "bf16" autocast.
+    autocast_dtype: None (fp32), torch.float16 / torch.bfloat16 or "fp16" / "bf16" autocast: the matrix
+      products and convolutions run in 16 bits, the norms, the scan and the output head in fp32. bf16 runs on
+      CPUs (fast with AVX512-BF16 or AMX) and GPUs, fp16 on GPUs only.
     device: where to run; default the model's device (the model is not moved).
     progress: show a bar over the tiles on stderr when a tiled run takes more than 2 seconds.
     """
@@ -232,6 +234,8 @@ def fuse(
     params = next(model.parameters(), None)
     device = torch.device(device) if device is not None else (params.device if params is not None else torch.device("cpu"))
     dtype = params.dtype if params is not None and params.is_floating_point() else torch.float32
+    if autocast_dtype == torch.float16 and device.type == "cpu":
+        raise ValueError("fp16 autocast needs a GPU; on a CPU use bf16 (autocast_dtype='bf16', --precision bf16)")
 
     def run_model(ya: np.ndarray, yb: np.ndarray) -> np.ndarray:
         height, width = ya.shape

@@ -255,6 +255,32 @@ def test_bf16_autocast_runs(model):
     assert 0 < difference.max() and difference.mean() < 0.02  # bf16 really ran, and stayed close
 
 
+def test_fp16_autocast_on_cpu_is_refused_with_the_alternative(model):
+    a, b = _images(32, 32)
+    with pytest.raises(ValueError, match="fp16 autocast needs a GPU.*bf16"):
+        fuse(model, a, b, autocast_dtype="fp16")
+
+
+def test_under_bf16_autocast_norms_scan_and_head_stay_fp32(model):
+    """The precision policy: matmuls and convolutions in bf16, LayerNorm outputs, the scan and the head in fp32."""
+    seen = {}
+
+    def record(name):
+        return lambda module, inputs, output: seen.setdefault(name, set()).add(output.dtype)
+
+    hooks = [m.register_forward_hook(record(type(m).__name__)) for m in model.modules()
+             if type(m).__name__ in ("LayerNorm", "Linear")]
+    try:
+        x = torch.rand(1, 1, 32, 32)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen["LayerNorm"] == {torch.float32} and seen["Linear"] == {torch.bfloat16}
+    assert out.dtype == torch.float32  # the head runs in fp32 and adds 2 (x1 + x2) in fp32
+
+
 def test_split_colour_gives_y_and_chroma():
     rgb = np.random.default_rng(7).random((5, 6, 3), dtype=np.float32)
     ya, yb, chroma = split_colour(rgb, rgb[..., 0])

@@ -90,6 +90,8 @@ FULL = dict(preset="small", steps=2000, crop=128, batch_size=4, val_limit=None, 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from fusionmamba_triton.ops import BACKENDS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (explicit options win)")
@@ -108,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; --quick: 1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    p.add_argument("--backend", choices=("auto", "reference", "torch", "triton"), default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--val-limit", type=int, default=None, help="score only the first N val pairs (default: all; --quick: 3)")
     p.add_argument("--only", nargs="+", choices=RUN_NAMES, default=None, metavar="RUN",
                    help="train and print only these runs: " + ", ".join(RUN_NAMES))

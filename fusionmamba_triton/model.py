@@ -28,6 +28,10 @@ PRESETS: dict[str, dict] = {
                  dims_decoder=[768, 384, 192, 96]),
     "small": dict(dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], depths_decoder=[1, 1, 1, 1],
                   dims_decoder=[128, 64, 32, 16]),
+    # small's depths at twice its widths: the narrowest preset whose final stage can carry every pixel of
+    # both inputs (32 channels for a 4x4 patch of each), which the head needs to undo its + 2 (x1 + x2)
+    "medium": dict(dims=[32, 64, 128, 256], depths=[1, 1, 1, 1], depths_decoder=[1, 1, 1, 1],
+                   dims_decoder=[256, 128, 64, 32]),
 }
 
 WEIGHTS_NAME = "model.safetensors"

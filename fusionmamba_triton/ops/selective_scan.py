@@ -225,10 +225,10 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return _finish(y, u_f, D, z, acc).to(u.dtype), torch.cat(lasts, 1)
 
 
-def _n_chunks(length: int) -> int:
-    from fusionmamba_triton.kernels.selective_scan import CHUNK
+def _n_state_chunks(length: int) -> int:
+    from fusionmamba_triton.kernels.configs import STATE_CHUNK  # no triton needed
 
-    return math.ceil(length / CHUNK)
+    return math.ceil(length / STATE_CHUNK)
 
 
 def _scan_impl(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization):
@@ -240,28 +240,30 @@ def _scan_impl(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus, dis
 @torch.library.custom_op("fusionmamba::selective_scan", mutates_args=())
 def selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                       D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                      delta_softplus: bool, discretization: str, backend: str
+                      delta_softplus: bool, discretization: str, backend: str, save_states: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One graph node for every backend: (out, last_state, chunk_states).
 
-    chunk_states (batch, n_chunks, D, N) fp32 are the Triton forward's saved states (empty for the
-    other backends); the backward recomputes from them.
+    chunk_states (batch, ceil(L / STATE_CHUNK), D, N) fp32 are the Triton forward's saved states, from
+    which its backward recomputes; empty for the other backends and when save_states is False (no
+    gradient wanted).
     """
     if backend == "triton":
         from fusionmamba_triton.kernels.selective_scan import selective_scan_fwd
 
-        return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization)
+        return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization, save_states)
     out, last = _scan_impl(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization)
     return out, last.float() if last.dtype != torch.float64 else last, u.new_empty(0, dtype=torch.float32)
 
 
 @selective_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization, backend):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization, backend, save_states=True):
     batch, dim, length = u.shape
     state_dtype = torch.float64 if u.dtype == torch.float64 and backend != "triton" else torch.float32
     last = u.new_empty(batch, dim, A.shape[1], dtype=state_dtype)
-    if backend == "triton":
-        return u.new_empty(u.shape), last, u.new_empty(batch, _n_chunks(length), dim, A.shape[1], dtype=torch.float32)
+    if backend == "triton" and save_states:
+        return u.new_empty(u.shape), last, u.new_empty(batch, _n_state_chunks(length), dim, A.shape[1],
+                                                       dtype=torch.float32)
     return u.new_empty(u.shape), last, u.new_empty(0, dtype=torch.float32)
 
 
@@ -269,7 +271,7 @@ _TENSOR_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, ctx.delta_softplus, ctx.discretization, ctx.backend = inputs
+    *tensors, ctx.delta_softplus, ctx.discretization, ctx.backend, _save_states = inputs
     ctx.save_for_backward(*tensors, output[2])
     ctx.set_materialize_grads(False)  # an unused last_state gets no gradient, not a tensor of zeros
 
@@ -293,7 +295,7 @@ def _backward(ctx, dout, dlast, _dchunk_states):
             leaves = [t for t, w in zip(inputs, wanted) if w]
             found = iter(torch.autograd.grad(outputs, leaves, grad_outputs, materialize_grads=True))
         grads = [next(found) if w else None for w in wanted]
-    return (*grads, None, None, None)
+    return (*grads, None, None, None, None)
 
 
 selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
@@ -322,5 +324,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, discretization)
     impl = resolve_backend(backend, u.device)
-    out, last, _ = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), discretization, impl)
+    # The Triton forward saves chunk states for its backward only when a gradient can be asked for.
+    save_states = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    out, last, _ = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), discretization, impl,
+                                     save_states)
     return (out, last) if return_last_state else out

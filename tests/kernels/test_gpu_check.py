@@ -4,6 +4,7 @@ index, and runs every step under the Triton interpreter; the summary is the reco
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -16,7 +17,8 @@ pytest.importorskip("triton")
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "gpu_check"
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
-    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--quick", "--out", str(out)],
+    command = ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--quick", "--out", str(out), "--python", sys.executable]
+    proc = subprocess.run(command,
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else ""
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}\n{summary}"

@@ -117,7 +117,8 @@ step tests "$T_TESTS" env FUSIONMAMBA_AUTOTUNE=0 "${PYTEST[@]}" tests/ops tests/
 if [[ $QUICK -eq 1 ]]; then
     STATUS+=("model: skipped (--quick)")
 else
-    step model "$T_MODEL" env FUSIONMAMBA_AUTOTUNE=0 "${PYTEST[@]}" tests/kernels/test_model_on_device.py
+    step model "$T_MODEL" env FUSIONMAMBA_AUTOTUNE=0 GPU_CHECK_DRY_RUN="$DRY_RUN" "${PYTEST[@]}" \
+        tests/kernels/test_model_on_device.py
 fi
 # 3. Table 6: FLOPs, run time (after untimed warm-ups that compile and tune) and peak memory.
 if [[ $DRY_RUN -eq 1 ]]; then

@@ -10,8 +10,11 @@ Ops and providers (the baseline, against which ratios are printed, is marked *):
   triton (CUDA), mamba_ssm (mamba-ssm's CUDA selective_scan_fn, when installed);
 - ES2D gather and merge: *reference (strided slicing), torch, triton;
 - LDC: *conv2d (F.conv2d with the modulated weight, what one would write), torch, triton.
-Stage i of an HxW input: h, w = H / 2^(i+2), W / 2^(i+2); C = (96, 192, 384, 768)[i]; the scan
-runs over 4 groups of d_inner = 2C channels (D = 8C) with L' = ceil(h/2) ceil(w/2), N = 16.
+The shapes are the model's (fusionmamba_triton/kernels/configs.py, which the launchers' tuning and
+the compile tests also use): stage i of an HxW input is h, w = H / 2^(i+2), W / 2^(i+2),
+C = (96, 192, 384, 768)[i]; the scan runs over 4 groups of d_inner = 2C channels (D = 8C) with
+L' = ceil(h/2) ceil(w/2), N = 16. On CUDA the Triton launchers autotune on each shape's first call
+(the untimed warm-up).
 Writes long-format CSV (op, provider, shape, median_ms, q20_ms, q80_ms, device) and a plot.
 On CUDA the scan's achieved memory bandwidth is reported against the device's peak.
 On CPU the default sweep is the 256x256 stages, with the scan's backward on stages 2-3 only
@@ -32,11 +35,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fusionmamba_triton.kernels.configs import BENCH_SIZES, MODEL_D_STATE as D_STATE, stage_shapes  # noqa: E402
 from fusionmamba_triton.ops import es2d_merge, es2d_scan, ldc_conv2d, selective_scan, selective_scan_ref  # noqa: E402
+from fusionmamba_triton.ops.backends import interpreter_enabled  # noqa: E402
 from fusionmamba_triton.ops.ldc import ldc_modulated_weight  # noqa: E402
 
-DIMS = (96, 192, 384, 768)
-D_STATE = 16
 BASELINE = {"scan_fwd": "sequential", "scan_fwd_bwd": "sequential", "es2d_scan": "reference",
             "es2d_merge": "reference", "ldc": "conv2d"}
 # Peak DRAM bandwidth (GB/s) and fp32 non-tensor-core peak (TFLOP/s) of common GPUs, from vendor sheets.
@@ -46,16 +49,7 @@ GPU_PEAKS = {"H200": (4800, 67), "H100 SXM": (3350, 67), "H100 PCIe": (2000, 51)
              "A10": (600, 31.2), "T4": (320, 8.1), "V100": (900, 15.7)}
 
 
-# ----------------------------------------------------------------------------- shapes
-def stage_shapes(height: int, width: int) -> list[dict]:
-    shapes = []
-    for i, c in enumerate(DIMS):
-        h, w = height // 2 ** (i + 2), width // 2 ** (i + 2)
-        shapes.append({"name": f"{height}x{width}/s{i}", "C": c, "h": h, "w": w,
-                       "L": math.ceil(h / 2) * math.ceil(w / 2), "D": 8 * c})
-    return shapes
-
-
+# ----------------------------------------------------------------------------- inputs
 def scan_inputs(s: dict, device, requires_grad=False, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     rand = lambda *shape, scale=1.0: (torch.randn(*shape, generator=g) * scale).to(device)
@@ -118,7 +112,7 @@ def with_backward(fn, tensors: dict):
 
 
 def es2d_callables(provider: str, s: dict, device):
-    x = torch.randn(1, 2 * s["C"], s["h"], s["w"], generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.randn(1, s["d_inner"], s["h"], s["w"], generator=torch.Generator().manual_seed(0)).to(device)
     y = es2d_scan(x, backend="reference")
     if provider == "reference":
         from fusionmamba_triton.ops import es2d_merge_ref, es2d_scan_ref
@@ -169,7 +163,7 @@ def measure(fn, device: torch.device, budget_s: float = 1.0, min_runs: int = 3, 
 
 
 def providers_for(op: str, device: torch.device) -> list[str]:
-    cuda = device.type == "cuda"
+    cuda = device.type == "cuda" or interpreter_enabled()  # triton: CUDA, or the interpreter (gpu_check --dry-run)
     if op.startswith("scan"):
         names = ["sequential", "reference", "torch"] + (["triton"] if cuda else [])
         try:
@@ -217,7 +211,7 @@ def device_peaks(device: torch.device) -> tuple[float | None, float | None, str]
 SEQUENTIAL_BWD_LIMIT = 1024 * 768  # L * D above which sequential fwd+bwd baselines are skipped (minutes each)
 
 
-def sweep(ops, shapes, device, budget_s, skip_slow_over: int | None, log=print) -> list[dict]:
+def sweep(ops, shapes, device, budget_s, skip_slow_over: int | None, log=print, min_runs: int = 3) -> list[dict]:
     """skip_slow_over: L * D above which scan backward passes are skipped (None: run all)."""
     rows = []
     for op in ops:
@@ -231,7 +225,7 @@ def sweep(ops, shapes, device, budget_s, skip_slow_over: int | None, log=print) 
                     continue
                 try:
                     fn = case_callable(op, provider, s, device)
-                    r = measure(fn, device, budget_s)
+                    r = measure(fn, device, budget_s, min_runs=min_runs)
                 except Exception as err:  # report and keep going: one missing provider must not end the sweep
                     log(f"  {op} {provider} {s['name']}: skipped ({type(err).__name__}: {str(err)[:120]})")
                     continue
@@ -298,14 +292,23 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="forward ops only, stages 2-3 of 256x256")
     parser.add_argument("--full", action="store_true", help="on CPU too: both input sizes, sequential baselines everywhere")
     parser.add_argument("--budget", type=float, default=None, help="seconds per case (default 1.0 on CUDA, 0.5 on CPU)")
+    parser.add_argument("--size", action="append", default=None, metavar="HxW",
+                        help="input size whose stages are benchmarked (repeatable; default: 256x256, and 480x640 on CUDA)")
+    parser.add_argument("--dims", default=None, metavar="C0,C1,C2,C3",
+                        help="stage widths instead of the model's 96,192,384,768 (gpu_check --dry-run: tiny ones)")
+    parser.add_argument("--min-runs", type=int, default=3, help="timed runs per case at least (after one warm-up)")
+    parser.add_argument("--no-plot", action="store_true", help="write the CSV only")
     parser.add_argument("--out-dir", default="bench_out")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
     budget = args.budget if args.budget is not None else (1.0 if cuda else 0.5)
     ops = ["scan_fwd", "scan_fwd_bwd", "es2d_scan", "es2d_merge", "ldc"]
-    sizes = [(256, 256), (480, 640)] if (cuda or args.full) else [(256, 256)]
-    shapes = [s for hw in sizes for s in stage_shapes(*hw)]
+    sizes = list(BENCH_SIZES) if (cuda or args.full) else [BENCH_SIZES[0]]
+    if args.size:
+        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.size]
+    dims = tuple(int(c) for c in args.dims.split(",")) if args.dims else None
+    shapes = [s for hw in sizes for s in (stage_shapes(*hw, dims) if dims else stage_shapes(*hw))]
     skip_slow_over = None if (cuda or args.full) else 64 * 3072  # CPU: scan backward on stages 2-3 only
     if args.quick:
         ops = ["scan_fwd", "es2d_scan", "es2d_merge", "ldc"]
@@ -313,15 +316,16 @@ def main(argv=None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     log(f"bench_kernels on {device} ({torch.cuda.get_device_name(device) if cuda else 'CPU'}), "
         f"torch {torch.__version__}, {len(shapes)} shapes, ops {ops}")
-    rows = sweep(ops, shapes, device, budget, skip_slow_over, log)
+    rows = sweep(ops, shapes, device, budget, skip_slow_over, log, args.min_runs)
     print_ratios(rows)
     print_bandwidth(rows, shapes, device)
     csv_path = os.path.join(args.out_dir, "bench_kernels.csv")
     write_csv(rows, csv_path)
     log(f"wrote {csv_path}")
-    from benchmarks.plot_kernels import plot_csv
+    if not args.no_plot:
+        from benchmarks.plot_kernels import plot_csv
 
-    log(plot_csv(csv_path, os.path.join(args.out_dir, "bench_kernels.png")))
+        log(plot_csv(csv_path, os.path.join(args.out_dir, "bench_kernels.png")))
     return 0
 
 

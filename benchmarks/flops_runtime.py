@@ -9,7 +9,8 @@ FLOPs are counted on the meta device (shapes only, no arithmetic) with
 `fusionmamba_triton.flops.count_flops`: FLOPs = 2 x MACs for matmuls and convolutions, the
 selective scan by the community formula. The paper's "FLOPs" are almost certainly MACs as thop
 reports them (a module-hook counter); both are printed, plus what such a hook counter sees.
-Run time: warm-up, then the median of several batch-1 forwards, synchronising the device.
+Run time: warm-up (on CUDA at least one: it JIT-compiles and autotunes the Triton kernels, and is
+never timed), then the median of several batch-1 forwards, synchronising the device.
 Writes a markdown table to stdout, JSON (all numbers, machine and versions) and a PNG chart.
 """
 from __future__ import annotations
@@ -126,16 +127,19 @@ def sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def time_forward(model, x1, x2, warmup: int, runs: int, device: torch.device, budget_s: float) -> dict:
-    """Median of `runs` forwards after `warmup`; fewer runs (at least 1) when they would exceed budget_s."""
-    first = None
+    """Median of `runs` forwards after `warmup` untimed ones; fewer runs (at least 1) when they would exceed
+    budget_s. The first warm-up compiles and tunes the Triton kernels, so on CUDA there is always one and
+    the run count is estimated from the last warm-up, never from the first."""
+    warmup = max(warmup, 1) if device.type == "cuda" else warmup
+    warm_times = []
     for _ in range(warmup):
         sync(device)
         t0 = time.perf_counter()
         model(x1, x2)
         sync(device)
-        first = first or time.perf_counter() - t0
-    if first is not None and first * runs > budget_s:
-        runs = max(1, int(budget_s // first))
+        warm_times.append(time.perf_counter() - t0)
+    if warm_times and warm_times[-1] * runs > budget_s:
+        runs = max(1, int(budget_s // warm_times[-1]))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -145,7 +149,8 @@ def time_forward(model, x1, x2, warmup: int, runs: int, device: torch.device, bu
         model(x1, x2)
         sync(device)
         times.append(time.perf_counter() - t0)
-    result = {"median_s": statistics.median(times), "min_s": min(times), "runs": runs, "warmup": warmup}
+    result = {"median_s": statistics.median(times), "min_s": min(times), "runs": runs, "warmup": warmup,
+              "first_warmup_s": warm_times[0] if warm_times else None}
     if device.type == "cuda":
         result["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     return result
@@ -242,6 +247,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick-time-size", type=parse_size, default=None,
                         help="input size timed by --quick (default: 64x64 on CPU, where the scan is slow; --size on CUDA)")
     parser.add_argument("--no-search", action="store_true", help="skip the search for the sizes matching the paper")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated FusionMamba backends to time (default: triton,torch on CUDA, torch on CPU)")
     parser.add_argument("--out-dir", default="bench_out")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
@@ -252,6 +259,8 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
     backends = ["triton", "torch"] if device.type == "cuda" else ["torch"]
+    if args.backends:
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     runs, warmup = (1, 0) if args.quick else (args.runs, args.warmup)
     budget = args.budget if args.budget is not None else (30.0 if device.type == "cuda" else 60.0)
 

@@ -1,4 +1,10 @@
-"""ES2D skip-sampled gather (scan) and its inverse scatter (merge), docs/fusionmamba_spec.md §3.
+"""ES2D skip-sampled gather (scan) and its inverse scatter (merge).
+
+Contract (the reference is fusionmamba_triton.ops.es2d_scan_ref / es2d_merge_ref):
+    gather:  x (B, D, H, W) at any strides -> (B, 4, D, L) contiguous, L = ceil(H/2) * ceil(W/2);
+             odd H/W read zeros in the padding cells.
+    scatter: y (B, 4, D, L) at any strides -> (B, D, H, W) contiguous, or (B, H, W, D) contiguous when
+             channels_last; padding cells are dropped. The scatter is the adjoint of the gather.
 
 Both kernels tile (channels x sequence positions) and visit the 4 parity groups in one program.
 Group k has row parity r = k % 2, column parity c = k // 2 and is column-major when r == 1,
@@ -13,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-NUM_WARPS = 4
+from .configs import ES2D_NUM_WARPS as NUM_WARPS
+from .configs import es2d_blocks, model_shapes
 
 
 @triton.jit
@@ -78,13 +85,6 @@ def es2d_scatter_kernel(
         tl.store(out_base + pix[None, :], vals, mask=mask)
 
 
-def es2d_blocks(dim: int, seq_len: int) -> tuple[int, int]:
-    """(BLOCK_D, BLOCK_L) used by both launchers (and by aot_specs)."""
-    block_l = min(64, triton.next_power_of_2(seq_len))
-    block_d = min(16, triton.next_power_of_2(dim))
-    return block_d, block_l
-
-
 def _grid(batch: int, dim: int, seq_len: int) -> tuple[tuple[int, int, int], int, int]:
     block_d, block_l = es2d_blocks(dim, seq_len)
     return (triton.cdiv(seq_len, block_l), triton.cdiv(dim, block_d), batch), block_d, block_l
@@ -124,15 +124,12 @@ def es2d_scatter(y: torch.Tensor, height: int, width: int, channels_last: bool =
     return out
 
 
-# Model shapes: D_inner = 2 * dims = 192..1536 at 256x256 input -> stage sizes 64, 32, 16, 8.
-MODEL_SEQ_LENS = (32 * 32, 16 * 16, 8 * 8, 4 * 4)
-MODEL_DIMS = (192, 384, 768, 1536)
 _TRITON_DTYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 
 
 def aot_specs() -> list[dict]:
     """Compile specs (for kernels/aot.compile_kernel) at the block choices the launchers make for the model."""
-    blocks = sorted({es2d_blocks(dim, seq_len) for dim in MODEL_DIMS for seq_len in MODEL_SEQ_LENS})
+    blocks = sorted({es2d_blocks(s["d_inner"], s["L"]) for s in model_shapes()})
     specs = []
     for dtype, ptr in _TRITON_DTYPES.items():
         for block_d, block_l in blocks:

@@ -1,24 +1,40 @@
-"""LDC (docs/fusionmamba_spec.md §6): weight modulation and the 3x3 convolution, forward and backward.
+"""LDC, the learnable descriptive 3x3 convolution: weight modulation and the convolution, forward and backward.
 
-Modulation: W'[o, i, t] = W[o, i, t] * (base[o, i, t] - [t == 4] * theta * m[o, i] * S[o, i]),
-S = sum_t W[o, i, t]; written tap-major as (9, Ci, Co) in the activation dtype.
-Convolution (stride 1, padding 1) as an implicit GEMM: M = pixels, N = out channels,
-K = in channels, one K loop per tap, tl.dot with fp32 accumulation. The same kernel computes the
-input gradient (taps flipped, weight read transposed). The weight gradient is a second implicit
-GEMM (M = out channels, N = in channels, K = pixels), split over pixel chunks into an fp32
-partial buffer that is summed afterwards (deterministic, no atomics).
-Channel blocks are at least 16 (tl.dot's minimum); smaller channel counts are masked.
+Contract (the reference is fusionmamba_triton.ops.ldc_conv2d_ref):
+    x: (B, Ci, H, W) at any strides; weight, base_mask: (Co, Ci, 3, 3); learnable_mask m: (Co, Ci); theta: (1,)
+    W'[o, i, t] = W[o, i, t] * (base[o, i, t] - [t == 4] * theta * m[o, i] * S[o, i]),  S = sum_t W[o, i, t]
+    y = conv2d(x, W', stride 1, padding 1): (B, Co, H, W) in x's dtype, channels-last when x is (as F.conv2d)
+W' is written tap-major as (9, Ci, Co) in the activation dtype. Gradients go to x, W (also through S),
+m and theta; fp32 accumulation throughout.
+
+Design. The convolution is an implicit GEMM: M = pixels, N = output channels, K = input channels
+x 9 taps, with tl.dot and fp32 accumulation; the same kernel computes the input gradient (taps
+flipped, weight read transposed). At batch 1 the late stages have few pixels, so the K loop is also
+split over SPLIT_K programs whose fp32 partial outputs are summed afterwards (deterministic, no
+atomics). The weight gradient is a second implicit GEMM (M = Co, N = Ci, K = pixels), split over
+pixel chunks into an fp32 partial buffer that is summed afterwards. Tile sizes, warps and
+pipeline stages come from kernels/configs.py and are autotuned on CUDA; channel blocks are at
+least 16 (tl.dot's minimum), smaller channel counts are masked.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
-NUM_WARPS = 4  # modulation kernels
-CONV_NUM_WARPS = 8  # 64 x 64 tiles: 4 warps spill at sm_80/sm_90 (see aot_specs)
-MODULATE_BLOCK_ROWS = 128
-GRAD_WEIGHT_TARGET_PROGRAMS = 1024  # split the pixel reduction until roughly this many programs run
+from .configs import (
+    GRAD_WEIGHT_TARGET_PROGRAMS,
+    LDC_CONV_CONFIGS,
+    LDC_GRAD_WEIGHT_CONFIGS,
+    LDC_MODULATE_BLOCK_ROWS,
+    LDC_MODULATE_NUM_WARPS,
+    LDC_PROGRAMS_PER_SM,
+    MODEL_DIMS,
+    autotune_enabled,
+    ldc_channel_block,
+)
 
 
 @triton.jit
@@ -85,29 +101,35 @@ def ldc_modulate_bwd_kernel(
 @triton.jit
 def ldc_conv3x3_kernel(
     x_ptr, w_ptr, y_ptr,
-    N_PIX, C_IN, C_OUT, H, W,
+    N_PIX, C_IN, C_OUT, H, W, SPLIT_K, stride_ys,
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_wt, stride_wk, stride_wn,
     stride_yb, stride_yc, stride_yh, stride_yw,
     FLIP_TAPS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """y[b, n, h, w] = sum_{tap, k} w[tap', k, n] * x[b, k, h + dh, w + dw] (zero padding 1).
+    """y[s, b, n, h, w] = sum over split s's (tap, k) steps of w[tap', k, n] * x[b, k, h + dh, w + dw].
 
-    tap' = 8 - tap when FLIP_TAPS (the input gradient), else tap; x and y at any strides.
+    Zero padding 1; tap' = 8 - tap when FLIP_TAPS (the input gradient), else tap. The K loop of
+    9 * cdiv(C_IN, BLOCK_K) steps is cut into SPLIT_K contiguous ranges, one per program along grid
+    axis 2, each writing its own output slice (stride_ys apart; 0 when SPLIT_K == 1). x and y at any strides.
     """
     # Pixel coordinates in int32 (cheap div/mod); every address offset below is int64.
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(2)
     mask_m = offs_m < N_PIX
     mask_n = offs_n < C_OUT
     b = (offs_m // (H * W)).to(tl.int64)
     h = (offs_m // W) % H
     w = offs_m % W
     n_k_blocks = tl.cdiv(C_IN, BLOCK_K)
+    steps_per_split = tl.cdiv(9 * n_k_blocks, SPLIT_K)
+    first = split * steps_per_split
+    last = tl.minimum(first + steps_per_split, 9 * n_k_blocks)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # One flat loop over (tap, channel block) pipelines better than two nested ones.
-    for step in range(9 * n_k_blocks):
+    for step in range(first, last):
         tap = step // n_k_blocks
         offs_k = (step % n_k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
         mask_k = offs_k < C_IN
@@ -121,7 +143,8 @@ def ldc_conv3x3_kernel(
         wt = tl.load(w_ptr + w_tap * stride_wt + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
                      mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(a, wt, acc, input_precision=INPUT_PRECISION)
-    y_offs = (b * stride_yb + h.to(tl.int64) * stride_yh + w.to(tl.int64) * stride_yw)[:, None]
+    y_offs = (split.to(tl.int64) * stride_ys + b * stride_yb + h.to(tl.int64) * stride_yh
+              + w.to(tl.int64) * stride_yw)[:, None]
     y_offs += offs_n[None, :] * stride_yc
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
@@ -169,23 +192,60 @@ def ldc_conv3x3_grad_weight_kernel(
     tl.store(partial_ptr + out_offs, acc, mask=mask_o[:, None] & mask_i[None, :])
 
 
-def _channel_block(channels: int, cap: int) -> int:
-    return min(cap, max(16, triton.next_power_of_2(channels)))
+def _capped(config: dict, caps: dict) -> dict:
+    return {key: min(value, caps[key]) if key in caps else value for key, value in config.items()}
 
 
-def conv_blocks(c_in: int, c_out: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K) of ldc_conv3x3_kernel for K = c_in, N = c_out channels."""
-    return 64, _channel_block(c_out, 64), _channel_block(c_in, 32)
+def conv_configs(c_in: int, c_out: int) -> list[dict]:
+    """LDC_CONV_CONFIGS with channel blocks capped to the channel counts (K = c_in, N = c_out), deduplicated."""
+    caps = {"BLOCK_N": ldc_channel_block(c_out, 256), "BLOCK_K": ldc_channel_block(c_in, 256)}
+    return list({tuple(sorted(c.items())): c for c in (_capped(c, caps) for c in LDC_CONV_CONFIGS)}.values())
 
 
-def grad_weight_blocks(c_in: int, c_out: int) -> tuple[int, int, int]:
-    """(BLOCK_O, BLOCK_I, BLOCK_P) of ldc_conv3x3_grad_weight_kernel."""
-    return _channel_block(c_out, 64), _channel_block(c_in, 64), 32
+def grad_weight_configs(c_in: int, c_out: int) -> list[dict]:
+    """LDC_GRAD_WEIGHT_CONFIGS with channel blocks capped to the channel counts, deduplicated."""
+    caps = {"BLOCK_O": ldc_channel_block(c_out, 256), "BLOCK_I": ldc_channel_block(c_in, 256)}
+    return list({tuple(sorted(c.items())): c for c in (_capped(c, caps) for c in LDC_GRAD_WEIGHT_CONFIGS)}.values())
+
+
+def _meta(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned(fn, configs: tuple) -> object:
+    """triton.autotune over `configs` (tuples of config items), keyed on the GEMM shape."""
+    key = ["N_PIX", "C_IN", "C_OUT"]
+    return triton.autotune(configs=[triton.Config(_meta(dict(c)), num_warps=dict(c)["num_warps"],
+                                                  num_stages=dict(c)["num_stages"]) for c in configs], key=key)(fn)
+
+
+def _run(fn, configs: list[dict], grid, args: tuple, kwargs: dict, config: dict | None) -> None:
+    """Launch `fn` with `config`, the autotuner over `configs`, or the first config."""
+    if config is None and autotune_enabled():
+        _tuned(fn, tuple(tuple(sorted(c.items())) for c in configs))[grid](*args, **kwargs)
+        return
+    config = config or configs[0]
+    fn[grid(config)](*args, **kwargs, **_meta(config), num_warps=config["num_warps"],
+                     num_stages=config["num_stages"])
+
+
+def _cudnn_allows_tf32() -> bool:
+    """Whether PyTorch's own fp32 convolutions may use TF32 (new fp32_precision API first, then allow_tf32)."""
+    backends = torch.backends
+    for owner in (getattr(backends.cudnn, "conv", None), backends.cudnn, backends):
+        precision = getattr(owner, "fp32_precision", None)
+        if precision in ("tf32", "ieee"):
+            return precision == "tf32"
+    try:
+        return bool(backends.cudnn.allow_tf32)
+    except RuntimeError:  # legacy and new flags mixed: PyTorch refuses to answer; its default is TF32
+        return True
 
 
 def input_precision(dtype: torch.dtype) -> str:
     """tf32 for fp32 activations when PyTorch's own convolutions may use it (its default), else ieee."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+    return "tf32" if dtype == torch.float32 and _cudnn_allows_tf32() else "ieee"
 
 
 def _output_like(inp: torch.Tensor, channels: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -202,35 +262,52 @@ def ldc_modulate(weight, base_mask, learnable_mask, theta, out_dtype: torch.dtyp
     c_out, c_in = weight.shape[:2]
     out = torch.empty(9, c_in, c_out, device=weight.device, dtype=out_dtype)
     n_rows = c_out * c_in
-    ldc_modulate_fwd_kernel[(triton.cdiv(n_rows, MODULATE_BLOCK_ROWS),)](
+    ldc_modulate_fwd_kernel[(triton.cdiv(n_rows, LDC_MODULATE_BLOCK_ROWS),)](
         weight.contiguous(), base_mask.contiguous(), learnable_mask.contiguous(), theta, out,
-        n_rows, c_in, *out.stride(), BLOCK_R=MODULATE_BLOCK_ROWS, num_warps=NUM_WARPS,
+        n_rows, c_in, *out.stride(), BLOCK_R=LDC_MODULATE_BLOCK_ROWS, num_warps=LDC_MODULATE_NUM_WARPS,
     )
     return out
 
 
 def ldc_modulate_backward(grad_modulated, weight, base_mask, learnable_mask, theta):
-    """grad_modulated (9, Co, Ci) -> (dweight, dlearnable_mask, dtheta) in the parameters' dtypes."""
+    """grad_modulated (9, Co, Ci) at any strides -> (dweight, dlearnable_mask, dtheta) in the parameters' dtypes."""
     c_out, c_in = weight.shape[:2]
     n_rows = c_out * c_in
-    n_programs = triton.cdiv(n_rows, MODULATE_BLOCK_ROWS)
-    grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    grad_mask = torch.empty_like(learnable_mask, memory_format=torch.contiguous_format)
+    n_programs = triton.cdiv(n_rows, LDC_MODULATE_BLOCK_ROWS)
+    grad_weight = torch.empty(weight.shape, device=weight.device, dtype=weight.dtype)
+    grad_mask = torch.empty(learnable_mask.shape, device=weight.device, dtype=learnable_mask.dtype)
     dtheta_partial = torch.empty(n_programs, device=weight.device, dtype=torch.float32)
     ldc_modulate_bwd_kernel[(n_programs,)](
         grad_modulated, weight.contiguous(), base_mask.contiguous(), learnable_mask.contiguous(), theta,
         grad_weight, grad_mask, dtheta_partial, n_rows, c_in, *grad_modulated.stride(),
-        BLOCK_R=MODULATE_BLOCK_ROWS, num_warps=NUM_WARPS,
+        BLOCK_R=LDC_MODULATE_BLOCK_ROWS, num_warps=LDC_MODULATE_NUM_WARPS,
     )
     grad_theta = dtheta_partial.sum().reshape(theta.shape).to(theta.dtype)
     return grad_weight, grad_mask, grad_theta
 
 
-def conv3x3(inp: torch.Tensor, modulated: torch.Tensor, transposed: bool) -> torch.Tensor:
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def conv_split_k(n_pix: int, k_channels: int, n_channels: int, device: torch.device) -> int:
+    """K splits for one convolution: until about LDC_PROGRAMS_PER_SM programs per multiprocessor run
+    (counted with 64 x 64 tiles), keeping at least 4 K steps of 32 channels per split."""
+    tiles = triton.cdiv(n_pix, 64) * triton.cdiv(n_channels, 64)
+    k_steps = 9 * triton.cdiv(k_channels, 32)
+    return max(1, min(LDC_PROGRAMS_PER_SM * _multiprocessors(device) // tiles, k_steps // 4))
+
+
+def conv3x3(inp: torch.Tensor, modulated: torch.Tensor, transposed: bool, config: dict | None = None,
+            split_k: int | None = None) -> torch.Tensor:
     """3x3 convolution, padding 1, with the tap-major weight (9, Ci, Co).
 
     transposed=False: inp (B, Ci, H, W) -> (B, Co, H, W), the forward pass.
     transposed=True:  inp (B, Co, H, W) -> (B, Ci, H, W), the input gradient (flipped, transposed weight).
+    The output has inp's memory format (contiguous or channels-last). `config` (an entry of
+    conv_configs()) and `split_k` override the tuned tiles and the split heuristic.
     """
     batch, k_channels, height, width = inp.shape
     stride_wt, stride_wi, stride_wo = modulated.stride()
@@ -240,41 +317,48 @@ def conv3x3(inp: torch.Tensor, modulated: torch.Tensor, transposed: bool) -> tor
         n_channels, stride_wk, stride_wn = modulated.shape[2], stride_wi, stride_wo
     out = _output_like(inp, n_channels)
     n_pix = batch * height * width
-    block_m, block_n, block_k = conv_blocks(k_channels, n_channels)
-    grid = (triton.cdiv(n_pix, block_m), triton.cdiv(n_channels, block_n))
-    ldc_conv3x3_kernel[grid](
-        inp, modulated, out, n_pix, k_channels, n_channels, height, width,
-        *inp.stride(), stride_wt, stride_wk, stride_wn, *out.stride(),
-        FLIP_TAPS=transposed, INPUT_PRECISION=input_precision(inp.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=CONV_NUM_WARPS,
-    )
+    splits = split_k or conv_split_k(n_pix, k_channels, n_channels, inp.device)
+    target = out if splits == 1 else torch.empty(splits, batch, n_channels, height, width, device=inp.device,
+                                                 dtype=torch.float32)
+    target_strides = out.stride() if splits == 1 else target.stride()[1:]
+    split_stride = 0 if splits == 1 else target.stride(0)
+
+    def grid(meta):
+        return triton.cdiv(n_pix, meta["BLOCK_M"]), triton.cdiv(n_channels, meta["BLOCK_N"]), splits
+
+    args = (inp, modulated, target, n_pix, k_channels, n_channels, height, width, splits, split_stride,
+            *inp.stride(), stride_wt, stride_wk, stride_wn, *target_strides)
+    _run(ldc_conv3x3_kernel, conv_configs(k_channels, n_channels), grid, args,
+         dict(FLIP_TAPS=transposed, INPUT_PRECISION=input_precision(inp.dtype)), config)
+    if splits > 1:
+        out.copy_(target.sum(0))
     return out
 
 
 def grad_weight_splits(n_pix: int, c_in: int, c_out: int) -> tuple[int, int]:
-    """(number of pixel chunks, pixels per chunk) for the weight-gradient reduction."""
-    block_o, block_i, block_p = grad_weight_blocks(c_in, c_out)
-    tiles = triton.cdiv(c_out, block_o) * triton.cdiv(c_in, block_i) * 9
-    pixel_blocks = triton.cdiv(n_pix, block_p)
+    """(number of pixel chunks, pixels per chunk) for the weight-gradient reduction; the same for every
+    config (counted with 64 x 64 channel tiles), chunks a multiple of 64 pixels (every BLOCK_P)."""
+    tiles = triton.cdiv(c_out, 64) * triton.cdiv(c_in, 64) * 9
+    pixel_blocks = triton.cdiv(n_pix, 64)
     wanted = max(1, min(triton.cdiv(GRAD_WEIGHT_TARGET_PROGRAMS, tiles), triton.cdiv(pixel_blocks, 4)))
-    pix_per_split = triton.cdiv(pixel_blocks, wanted) * block_p
+    pix_per_split = triton.cdiv(pixel_blocks, wanted) * 64
     return triton.cdiv(n_pix, pix_per_split), pix_per_split
 
 
-def conv3x3_grad_weight(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    """x (B, Ci, H, W), grad_out (B, Co, H, W) -> dL/dW' as fp32 (9, Co, Ci)."""
+def conv3x3_grad_weight(x: torch.Tensor, grad_out: torch.Tensor, config: dict | None = None) -> torch.Tensor:
+    """x (B, Ci, H, W), grad_out (B, Co, H, W), any strides -> dL/dW' as fp32 (9, Co, Ci)."""
     batch, c_in, height, width = x.shape
     c_out = grad_out.shape[1]
     n_pix = batch * height * width
     splits, pix_per_split = grad_weight_splits(n_pix, c_in, c_out)
-    block_o, block_i, block_p = grad_weight_blocks(c_in, c_out)
     partial = torch.empty(splits, 9, c_out, c_in, device=x.device, dtype=torch.float32)
-    grid = (triton.cdiv(c_out, block_o) * triton.cdiv(c_in, block_i), 9, splits)
-    ldc_conv3x3_grad_weight_kernel[grid](
-        x, grad_out, partial, n_pix, c_in, c_out, height, width, pix_per_split,
-        *x.stride(), *grad_out.stride(), INPUT_PRECISION=input_precision(x.dtype),
-        BLOCK_O=block_o, BLOCK_I=block_i, BLOCK_P=block_p, num_warps=CONV_NUM_WARPS,
-    )
+
+    def grid(meta):
+        return triton.cdiv(c_out, meta["BLOCK_O"]) * triton.cdiv(c_in, meta["BLOCK_I"]), 9, splits
+
+    args = (x, grad_out, partial, n_pix, c_in, c_out, height, width, pix_per_split, *x.stride(), *grad_out.stride())
+    _run(ldc_conv3x3_grad_weight_kernel, grad_weight_configs(c_in, c_out), grid, args,
+         dict(INPUT_PRECISION=input_precision(x.dtype)), config)
     return partial.sum(0) if splits > 1 else partial[0]
 
 
@@ -291,52 +375,58 @@ def ldc_conv2d_backward(grad_out, x, weight, base_mask, learnable_mask, theta):
     return (grad_x, *ldc_modulate_backward(grad_modulated, weight, base_mask, learnable_mask, theta))
 
 
-# Model shapes: LDC runs at C = dims (96, 192, 384, 768), C -> C.
-MODEL_CHANNELS = (96, 192, 384, 768)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def _signature(fn, pointers: dict[str, str], constexprs: dict) -> dict[str, str]:
-    names = fn.arg_names
-    return {name: pointers.get(name, "constexpr" if name in constexprs else "i32") for name in names}
+    return {name: pointers.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
+
+
+def _label(config: dict) -> str:
+    return "_".join(f"{k.replace('BLOCK_', '').lower()}{v}" for k, v in config.items()
+                    if k.startswith("BLOCK_")) + f"_w{config['num_warps']}s{config['num_stages']}"
 
 
 def aot_specs() -> list[dict]:
-    """Compile specs (kernels/aot.compile_kernel) at the block choices the launchers make for the model."""
+    """Compile specs (kernels/aot.compile_kernel) for the model's channel counts (C -> C, MODEL_DIMS):
+    every tuning config of both GEMM kernels in fp32 (TF32 and IEEE) and fp16, the input-gradient
+    variant and bf16 at the default config, and the modulation kernels for every parameter /
+    activation dtype pair."""
     specs = []
 
-    def add(fn, pointers, constexprs, label):
-        num_warps = NUM_WARPS if fn in (ldc_modulate_fwd_kernel, ldc_modulate_bwd_kernel) else CONV_NUM_WARPS
+    def add(fn, pointers, constexprs, label, num_warps, num_stages=3):
         specs.append({"fn": fn, "signature": _signature(fn, pointers, constexprs), "constexprs": constexprs,
-                      "num_warps": num_warps, "label": label})
+                      "num_warps": num_warps, "num_stages": num_stages, "label": label})
 
     # Parameters in the activation dtype (model.half()) or fp32 master weights with fp16/bf16 activations.
     for param_dtype, act_dtype in [(d, d) for d in _PTR] + [(torch.float32, torch.float16),
                                                              (torch.float32, torch.bfloat16)]:
         p, a = _PTR[param_dtype], _PTR[act_dtype]
-        add(ldc_modulate_fwd_kernel,
-            {"w_ptr": p, "base_ptr": p, "mask_ptr": p, "theta_ptr": p, "out_ptr": a},
-            {"BLOCK_R": MODULATE_BLOCK_ROWS}, f"ldc_modulate_fwd_{_SHORT[param_dtype]}_to_{_SHORT[act_dtype]}")
+        add(ldc_modulate_fwd_kernel, {"w_ptr": p, "base_ptr": p, "mask_ptr": p, "theta_ptr": p, "out_ptr": a},
+            {"BLOCK_R": LDC_MODULATE_BLOCK_ROWS}, f"ldc_modulate_fwd_{_SHORT[param_dtype]}_to_{_SHORT[act_dtype]}",
+            LDC_MODULATE_NUM_WARPS)
     for dtype, p in _PTR.items():
         add(ldc_modulate_bwd_kernel,
             {"grad_ptr": "*fp32", "w_ptr": p, "base_ptr": p, "mask_ptr": p, "theta_ptr": p, "dw_ptr": p,
              "dmask_ptr": p, "dtheta_partial_ptr": "*fp32"},
-            {"BLOCK_R": MODULATE_BLOCK_ROWS}, f"ldc_modulate_bwd_{_SHORT[dtype]}")
-    for dtype, p in _PTR.items():
-        precisions = ["tf32", "ieee"] if dtype == torch.float32 else ["ieee"]
-        conv_configs = sorted({conv_blocks(c, c) for c in MODEL_CHANNELS})
-        grad_configs = sorted({grad_weight_blocks(c, c) for c in MODEL_CHANNELS})
-        for precision in precisions:
-            for block_m, block_n, block_k in conv_configs:
-                for flip in (False, True):
-                    add(ldc_conv3x3_kernel, {"x_ptr": p, "w_ptr": p, "y_ptr": p},
-                        {"FLIP_TAPS": flip, "INPUT_PRECISION": precision,
-                         "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k},
-                        f"ldc_conv3x3_{'grad_input' if flip else 'fwd'}_{_SHORT[dtype]}_{precision}"
-                        f"_m{block_m}n{block_n}k{block_k}")
-            for block_o, block_i, block_p in grad_configs:
-                add(ldc_conv3x3_grad_weight_kernel, {"x_ptr": p, "dy_ptr": p, "partial_ptr": "*fp32"},
-                    {"INPUT_PRECISION": precision, "BLOCK_O": block_o, "BLOCK_I": block_i, "BLOCK_P": block_p},
-                    f"ldc_conv3x3_grad_weight_{_SHORT[dtype]}_{precision}_o{block_o}i{block_i}p{block_p}")
+            {"BLOCK_R": LDC_MODULATE_BLOCK_ROWS}, f"ldc_modulate_bwd_{_SHORT[dtype]}", LDC_MODULATE_NUM_WARPS)
+    conv_space = list({tuple(sorted(c.items())): c for dims in MODEL_DIMS
+                       for c in conv_configs(dims, dims)}.values())
+    grad_space = list({tuple(sorted(c.items())): c for dims in MODEL_DIMS
+                       for c in grad_weight_configs(dims, dims)}.values())
+    variants = [(torch.float32, "tf32", True), (torch.float32, "ieee", True), (torch.float16, "ieee", True),
+                (torch.bfloat16, "ieee", False)]  # (dtype, precision, every config?)
+    for dtype, precision, every in variants:
+        p, name = _PTR[dtype], f"{_SHORT[dtype]}_{precision}"
+        for i, config in enumerate(conv_space if every else conv_space[:1]):
+            for flip in (False, True) if i == 0 else (False,):
+                add(ldc_conv3x3_kernel, {"x_ptr": p, "w_ptr": p, "y_ptr": p},
+                    dict(_meta(config), FLIP_TAPS=flip, INPUT_PRECISION=precision),
+                    f"conv3x3_{'grad_input' if flip else 'fwd'}_{name}_{_label(config)}",
+                    config["num_warps"], config["num_stages"])
+        for config in grad_space if every else grad_space[:1]:
+            add(ldc_conv3x3_grad_weight_kernel, {"x_ptr": p, "dy_ptr": p, "partial_ptr": "*fp32"},
+                dict(_meta(config), INPUT_PRECISION=precision), f"conv3x3_grad_weight_{name}_{_label(config)}",
+                config["num_warps"], config["num_stages"])
     return specs

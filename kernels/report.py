@@ -1,4 +1,4 @@
-"""Resource table of every AOT-compiled kernel: registers, spills and shared memory on sm_80 / sm_90.
+"""Resource table of every AOT-compiled kernel: registers, spills, stack and shared memory on sm_80 / sm_90.
 
     python -m fusionmamba_triton.kernels.report [--arch 80 90] [--module selective_scan ...] [--json]
 
@@ -36,9 +36,10 @@ def compile_all(archs=ARCHS, modules=MODULES) -> list[dict]:
             row = {"module": module_name, "label": spec["label"], "arch": arch}
             try:
                 res = compile_kernel(spec["fn"], spec["signature"], spec["constexprs"], arch=arch,
-                                     num_warps=spec["num_warps"])
+                                     num_warps=spec["num_warps"], num_stages=spec.get("num_stages", 3),
+                                     maxnreg=spec.get("maxnreg"))
                 row.update(kernel=res.name, registers=res.registers, spill_bytes=res.spill_bytes,
-                           shared_bytes=res.shared_bytes, error=None)
+                           stack_bytes=res.stack_bytes, shared_bytes=res.shared_bytes, error=None)
             except Exception as exc:  # reported per kernel, so one failure does not hide the others
                 row.update(kernel=getattr(spec["fn"], "__name__", "?"), error=f"{type(exc).__name__}: {exc}")
             rows.append(row)
@@ -56,16 +57,17 @@ def main(argv=None):
         for row in rows:
             print(json.dumps(row))
         return
-    header = f"{'kernel':<34} {'label':<42} {'arch':>6} {'registers':>10} {'spill B':>8} {'shared B':>9}"
+    header = (f"{'kernel':<34} {'label':<46} {'arch':>6} {'registers':>10} {'spill B':>8} {'stack B':>8} "
+              f"{'shared B':>9}")
     print(header)
     print("-" * len(header))
     for row in rows:
         if row["error"]:
-            print(f"{row['kernel']:<34} {row['label']:<42} {'sm_' + str(row['arch']):>6}  FAILED: "
+            print(f"{row['kernel']:<34} {row['label']:<46} {'sm_' + str(row['arch']):>6}  FAILED: "
                   f"{row['error'].splitlines()[0][:120]}")
         else:
-            print(f"{row['kernel']:<34} {row['label']:<42} {'sm_' + str(row['arch']):>6} {row['registers']:>10} "
-                  f"{row['spill_bytes']:>8} {row['shared_bytes']:>9}")
+            print(f"{row['kernel']:<34} {row['label']:<46} {'sm_' + str(row['arch']):>6} {row['registers']:>10} "
+                  f"{row['spill_bytes']:>8} {row['stack_bytes']:>8} {row['shared_bytes']:>9}")
 
 
 if __name__ == "__main__":

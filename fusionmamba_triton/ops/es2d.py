@@ -1,4 +1,5 @@
-"""ES2D skip-sampled 2D scan (gather) and its inverse (merge); README, "Design notes".
+"""ES2D skip-sampled 2D scan (gather) and its inverse (merge), FusionMamba's efficient 2D scan;
+README, "Design notes".
 
 es2d_scan:  x (B, D, H, W) -> (B, 4, D, L'), L' = ceil(H/2) * ceil(W/2); odd H/W are zero-padded.
 es2d_merge: y (B, 4, D, L') -> (B, D, H, W), writing each group back to its sub-grid and cropping.

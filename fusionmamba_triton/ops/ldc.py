@@ -1,4 +1,5 @@
-"""LDC, the learnable descriptive 3x3 convolution (README, "Design notes").
+"""LDC, the learnable descriptive 3x3 convolution (FusionMamba's texture-enhancement branch; README,
+"Design notes").
 
 x: (B, Ci, H, W); weight, base_mask: (Co, Ci, 3, 3); learnable_mask: (Co, Ci); theta: (1,).
 W' = W * (base_mask - theta * m[..., None, None] * c * sum_uv(W)), c the 3x3 centre indicator;
@@ -184,7 +185,7 @@ def _check_inputs(x, weight, base_mask, learnable_mask, theta) -> None:
 def ldc_conv2d(x, weight, base_mask, learnable_mask, theta, backend="auto"):
     """(B, Ci, H, W) -> (B, Co, H, W); channels-last input gives channels-last output, like F.conv2d."""
     _check_inputs(x, weight, base_mask, learnable_mask, theta)
-    backend = resolve_backend(backend, x.device)
-    if backend == "triton" and x.dtype not in TRITON_DTYPES:
+    if backend == "triton" and x.dtype not in TRITON_DTYPES:  # before resolving: a dtype error wins on any device
         raise TypeError(f"the triton backend takes float32/float16/bfloat16 x, got {x.dtype}; use backend='torch'")
+    backend = resolve_backend(backend, x.device)
     return _ldc_conv2d_op(x, weight, base_mask, learnable_mask, theta.reshape(1), backend)

@@ -231,9 +231,9 @@ def _n_chunks(backend: str, length: int) -> int:
         from fusionmamba_triton.kernels.selective_scan_cpu import n_chunks
 
         return n_chunks(length)
-    from fusionmamba_triton.kernels.selective_scan import CHUNK
+    from fusionmamba_triton.kernels.configs import STATE_CHUNK  # no triton needed
 
-    return math.ceil(length / CHUNK)
+    return math.ceil(length / STATE_CHUNK)
 
 
 def _scan_impl(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization):
@@ -245,18 +245,18 @@ def _scan_impl(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus, dis
 @torch.library.custom_op("fusionmamba::selective_scan", mutates_args=())
 def selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                       D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                      delta_softplus: bool, discretization: str, backend: str, save_states: bool
+                      delta_softplus: bool, discretization: str, backend: str, save_states: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One graph node for every backend: (out, last_state, chunk_states).
 
-    chunk_states are the states the "triton" forward (batch, n_chunks, D, N) and, when save_states, the
-    "numba" forward (batch, D, n_chunks, N) keep for their backward, which recomputes from them; empty
-    for the other backends.
+    chunk_states are the states the "triton" forward (batch, n_chunks, D, N) and the "numba" forward
+    (batch, D, n_chunks, N) keep for their backward, which recomputes from them; empty for the other
+    backends and when save_states is False (no gradient wanted).
     """
     if backend == "triton":
         from fusionmamba_triton.kernels.selective_scan import selective_scan_fwd
 
-        return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization)
+        return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization, save_states)
     if backend == "numba":
         from fusionmamba_triton.kernels.selective_scan_cpu import selective_scan_fwd
 
@@ -266,12 +266,12 @@ def selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
 
 
 @selective_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization, backend, save_states):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, discretization, backend, save_states=True):
     batch, dim, length = u.shape
     dstate = A.shape[1]
     state_dtype = torch.float64 if u.dtype == torch.float64 and backend in ("reference", "torch") else torch.float32
     last = u.new_empty(batch, dim, dstate, dtype=state_dtype)
-    if backend == "triton":
+    if backend == "triton" and save_states:
         states = u.new_empty(batch, _n_chunks(backend, length), dim, dstate, dtype=torch.float32)
     elif backend == "numba":
         shape = (batch, dim, _n_chunks(backend, length), dstate) if save_states else (0, 0, 0, 0)
@@ -294,13 +294,11 @@ def _backward(ctx, dout, dlast, _dchunk_states):
     *tensors, chunk_states = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(tensors[0])
-    if ctx.backend == "triton":
-        from fusionmamba_triton.kernels.selective_scan import selective_scan_bwd
-
-        grads = selective_scan_bwd(dout, dlast, *tensors, chunk_states, ctx.delta_softplus, ctx.discretization)
-    elif ctx.backend == "numba":
-        from fusionmamba_triton.kernels.selective_scan_cpu import selective_scan_bwd, selective_scan_fwd
-
+    if ctx.backend in ("triton", "numba"):
+        if ctx.backend == "triton":
+            from fusionmamba_triton.kernels.selective_scan import selective_scan_bwd, selective_scan_fwd
+        else:
+            from fusionmamba_triton.kernels.selective_scan_cpu import selective_scan_bwd, selective_scan_fwd
         if chunk_states.numel() == 0:  # the forward ran without saving them (no input needed a gradient then)
             _, _, chunk_states = selective_scan_fwd(*tensors, ctx.delta_softplus, ctx.discretization, save_states=True)
         grads = selective_scan_bwd(dout, dlast, *tensors, chunk_states, ctx.delta_softplus, ctx.discretization)

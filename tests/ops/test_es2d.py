@@ -1,10 +1,17 @@
-"""ES2D scan / merge: every backend against the reference, forward and backward (spec §3)."""
+"""ES2D scan / merge: the fast backends against the reference, forward and backward, and the
+reference's own properties (scan then merge is the identity, merge is the adjoint of scan).
+
+Pure data movement: results must be exact in every dtype. Backends run on the GPU when there is
+one, else on the CPU (Triton under the interpreter); see tests/ops/common.py.
+"""
 import pytest
 import torch
 
 from fusionmamba_triton.ops import es2d_merge, es2d_merge_ref, es2d_scan, es2d_scan_ref
+from tests.ops.common import DEVICE, HALF_DTYPES, backend_param
 
-BACKENDS = ["reference", "torch", "triton"]
+BACKENDS = ["reference", "torch", backend_param("triton")]
+FAST_BACKENDS = ["torch", backend_param("triton")]
 # (B, D, H, W): even, odd H and W, a single row / column, D not a multiple of the kernel's 16-channel block.
 SHAPES = {
     "even_4x6": (2, 3, 4, 6),
@@ -21,7 +28,7 @@ def _seq_len(height, width):
     return ((height + 1) // 2) * ((width + 1) // 2)
 
 
-def _randn(*shape, seed=0, dtype=torch.float32, device="cpu"):
+def _randn(*shape, seed=0, dtype=torch.float32, device=DEVICE):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
 
@@ -40,16 +47,17 @@ def test_reference_pads_odd_sizes_with_zeros():
     torch.testing.assert_close(out.sum(dim=1), torch.tensor([4.0, 2.0, 2.0, 1.0]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("shape", SHAPE_PARAMS)
-def test_scan_matches_reference(backend, shape):
-    x = _randn(*shape)
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), *HALF_DTYPES])
+def test_scan_matches_reference(backend, shape, dtype):
+    x = _randn(*shape, dtype=dtype)
     out = es2d_scan(x, backend=backend)
     assert out.shape == (shape[0], 4, shape[1], _seq_len(*shape[2:])) and out.is_contiguous()
     torch.testing.assert_close(out, es2d_scan_ref(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("shape", SHAPE_PARAMS)
 def test_merge_matches_reference(backend, shape):
     batch, dim, height, width = shape
@@ -59,7 +67,7 @@ def test_merge_matches_reference(backend, shape):
     torch.testing.assert_close(out, es2d_merge_ref(y, height, width), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("shape", [SHAPE_PARAMS[1], SHAPE_PARAMS[4]])
 def test_strided_inputs_give_contiguous_outputs(backend, shape):
     """Channels-last x (the model's layout) and a transposed y are read in place."""
@@ -74,7 +82,7 @@ def test_strided_inputs_give_contiguous_outputs(backend, shape):
     torch.testing.assert_close(merged, es2d_merge_ref(y.contiguous(), height, width), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("shape", [SHAPE_PARAMS[0], SHAPE_PARAMS[1], SHAPE_PARAMS[5]])
 def test_merge_channels_last(backend, shape):
     batch, dim, height, width = shape
@@ -104,7 +112,7 @@ def test_merge_is_adjoint_of_scan(backend, shape):
     torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["bdhw", "bhwd"])
 @pytest.mark.parametrize("shape", [SHAPE_PARAMS[1], SHAPE_PARAMS[2], SHAPE_PARAMS[4]])
 def test_gradients_match_reference(backend, channels_last, shape):
@@ -130,8 +138,8 @@ def test_gradients_match_reference(backend, channels_last, shape):
 @pytest.mark.parametrize("shape", [(1, 2, 3, 5), (2, 1, 4, 2)], ids=["odd_3x5", "even_4x2"])
 def test_gradcheck(backend, shape):
     batch, dim, height, width = shape
-    x = _randn(*shape, seed=11, dtype=torch.float64).requires_grad_()
-    y = _randn(batch, 4, dim, _seq_len(height, width), seed=12, dtype=torch.float64).requires_grad_()
+    x = _randn(*shape, seed=11, dtype=torch.float64, device="cpu").requires_grad_()
+    y = _randn(batch, 4, dim, _seq_len(height, width), seed=12, dtype=torch.float64, device="cpu").requires_grad_()
     assert torch.autograd.gradcheck(lambda t: es2d_scan(t, backend=backend), (x,), fast_mode=True)
     assert torch.autograd.gradcheck(lambda t: es2d_merge(t, height, width, backend=backend), (y,), fast_mode=True)
     assert torch.autograd.gradcheck(
@@ -139,10 +147,10 @@ def test_gradcheck(backend, shape):
 
 
 def test_custom_ops_pass_opcheck():
-    x = _randn(1, 3, 5, 4)
+    x = _randn(1, 3, 5, 4, device="cpu")
     torch.library.opcheck(torch.ops.fusionmamba.es2d_scan.default, (x.requires_grad_(), "torch"),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-    y = _randn(1, 4, 3, 6).requires_grad_()
+    y = _randn(1, 4, 3, 6, device="cpu").requires_grad_()
     torch.library.opcheck(torch.ops.fusionmamba.es2d_merge.default, (y, 5, 4, True, "torch"),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 

@@ -77,15 +77,38 @@ else:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_cpu_paths_never_load_the_kernels():
-    """With triton installed, CPU work on the default backend leaves the Triton kernels unimported
-    and no module of the package holds anything from triton (torch itself may import triton, e.g.
+def test_package_runs_without_numba():
+    """Without numba, "auto" falls back to the pure-PyTorch scan on CPUs and the explicit backend says why."""
+    script = """
+import sys
+sys.modules["numba"] = None
+""" + CPU_SESSION + """
+from fusionmamba_triton.ops.backends import resolve_backend
+assert resolve_backend("auto", torch.device("cpu"), has_cpu_kernel=True) == "torch"
+assert "fusionmamba_triton.kernels.selective_scan_cpu" not in sys.modules
+try:
+    resolve_backend("numba", torch.device("cpu"), has_cpu_kernel=True)
+except RuntimeError as err:
+    assert "numba package" in str(err), err
+else:
+    raise AssertionError("numba backend resolved without numba")
+"""
+    result = _run(script)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_cpu_paths_never_load_the_triton_kernels():
+    """With triton installed, CPU work on the default backend leaves the Triton kernels unimported (the
+    numba CPU scan, which is what runs there, and the shared shape configs may load) and no module of
+    the package holds anything from triton (torch itself may import triton, e.g.
     torch.utils.flop_counter does: that is not the package's doing)."""
     pytest.importorskip("triton")
     script = """
 import sys, types
 """ + CPU_SESSION + """
-kernels = sorted(m for m in sys.modules if m.startswith("fusionmamba_triton.kernels"))
+cpu_side = {"fusionmamba_triton.kernels", "fusionmamba_triton.kernels.selective_scan_cpu",
+            "fusionmamba_triton.kernels.configs"}
+kernels = sorted(m for m in sys.modules if m.startswith("fusionmamba_triton.kernels") and m not in cpu_side)
 assert not kernels, kernels
 def from_triton(value):
     name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)

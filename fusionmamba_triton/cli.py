@@ -121,13 +121,17 @@ def _add_threads_arg(p: argparse.ArgumentParser) -> None:
                         "sharing a busy core stalls every other one, see README 'Threads')")
 
 
-def _set_threads(args) -> None:
-    """Apply --threads (or the automatic choice) on a single-process run."""
-    from .threads import configure_threads
+def _set_threads(args, apply: bool = True) -> None:
+    """Resolve --threads (or the automatic choice) into args.threads, and set it unless apply=False."""
+    from .threads import choose_threads
 
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be at least 1, got {args.threads}")
-    args.threads = configure_threads(args.threads)
+    args.threads = choose_threads(args.threads)
+    if apply:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def _add_max_pixels_arg(p: argparse.ArgumentParser) -> None:
@@ -521,7 +525,7 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, train
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # torchrun's processes keep their own thread counts
-        _set_threads(args)
+        _set_threads(args, apply=False)  # train() sets it for the run and restores it after
     a_dir, b_dir = _pair_dirs(args)
     _check_metric_names("--val-metrics", args.val_metrics)
     keep_best = ()

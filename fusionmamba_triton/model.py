@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .files import atomic_write
-from .layers import CMFM, LDC, SS2D, DVSSLayer, FinalPatchExpand, PatchEmbed, get_variant, infer_variant
+from .layers import (CMFM, LDC, SS2D, DVSSLayer, FinalPatchExpand, PatchEmbed, autocast_disabled, get_variant,
+                     infer_variant)
 from .ops import check_backend_name
 
 PRESETS: dict[str, dict] = {
@@ -146,7 +147,7 @@ class FusionMamba(nn.Module):
         x = self.final_up(x)  # (B, H, W, d/4)
         # The 1x1 head conv as a matmul on the channels-last map: (B, H, W, 1) is (B, 1, H, W) in memory.
         # Always in fp32: the head is added to 2 * (x1 + x2), so a bf16 head would cost ~1 grey level.
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_disabled(x.device.type):
             weight, bias = self.final_conv.weight.flatten(1), self.final_conv.bias
             head = F.linear(x.to(weight.dtype), weight, bias).permute(0, 3, 1, 2)
         return head + 2 * (x1 + x2)

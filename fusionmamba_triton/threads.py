@@ -56,15 +56,20 @@ def auto_threads(sample_seconds: float = 0.1) -> int:
     return max(1, min(cpus, int(idle + 0.25)))
 
 
-def configure_threads(requested: int | None = None) -> int:
-    """Set torch's (and so the numba scan's) thread count: `requested` if given, else OMP_NUM_THREADS if
-    set, else auto_threads(). Returns the count used."""
-    import torch
-
+def choose_threads(requested: int | None = None) -> int:
+    """The thread count to use: `requested` if given, else OMP_NUM_THREADS if set, else auto_threads()."""
     if requested is None:
         env = os.environ.get("OMP_NUM_THREADS", "").strip()
         requested = int(env) if env.isdigit() and int(env) > 0 else auto_threads()
     if requested < 1:
         raise ValueError(f"threads must be at least 1, got {requested}")
-    torch.set_num_threads(requested)
     return requested
+
+
+def configure_threads(requested: int | None = None) -> int:
+    """Set torch's (and so the numba scan's) thread count to choose_threads(requested); returns it."""
+    import torch
+
+    threads = choose_threads(requested)
+    torch.set_num_threads(threads)
+    return threads

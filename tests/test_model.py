@@ -280,3 +280,10 @@ def test_unknown_name_and_unreadable_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not read checkpoint"):
         FusionMamba.from_pretrained(bad)
+
+
+def test_forward_on_the_meta_device_for_cost_counting():
+    """benchmarks/flops_runtime.py counts FLOPs on meta tensors: the fp32 head must not need autocast there."""
+    model = FusionMamba(**TINY).to("meta")
+    x = torch.empty(1, 1, 64, 96, device="meta")
+    assert model(x, x).shape == (1, 1, 64, 96)

@@ -1,5 +1,7 @@
-"""Small pieces shared by the layers: a LayerNorm computed in fp32, stochastic depth."""
+"""Small pieces shared by the layers: a LayerNorm computed in fp32, autocast switched off, stochastic depth."""
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,14 @@ class LayerNorm(nn.LayerNorm):
         out = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
         param = self.weight if self.weight is not None else x
         return out.to(torch.promote_types(x.dtype, param.dtype))
+
+
+def autocast_disabled(device_type: str):
+    """A context with autocast off for `device_type`; a no-op where autocast does not exist (e.g. "meta")."""
+    try:
+        return torch.autocast(device_type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
 
 
 class DropPath(nn.Module):

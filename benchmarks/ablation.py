@@ -90,6 +90,7 @@ FULL = dict(preset="small", steps=2000, crop=128, batch_size=4, val_limit=None, 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from fusionmamba_triton.model import PRESETS
     from fusionmamba_triton.ops import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"folder holding the task's train/ and val/ pairs (default {DEFAULT_DATA})")
     p.add_argument("--val-data", type=Path, default=None, help="folder of the val pairs, when they are not under --data")
     p.add_argument("--task", default="ir-vis", help="fusion task (the paper's ablations are IR-VIS)")
-    p.add_argument("--preset", choices=("base", "tiny", "small"), default=None, help=f"model size (default {FULL['preset']})")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help=f"model size (default {FULL['preset']})")
     p.add_argument("--steps", type=int, default=None, help=f"optimiser steps per run (default {FULL['steps']})")
     p.add_argument("--crop", type=int, default=None, help=f"training crop, a multiple of 32 (default {FULL['crop']})")
     p.add_argument("--batch-size", type=int, default=None, help=f"default {FULL['batch_size']}")

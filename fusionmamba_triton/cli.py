@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="no random flips / rotations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loss", choices=tuple(LOSS_PRESETS), default="official")
+    p.add_argument("--loss-weights", nargs="+", default=[], metavar="TERM=WEIGHT",
+                   help="replace the loss preset's weight of these terms, e.g. int=2 ssim=10 (terms: int, text, ssim)")
     p.add_argument("--loss-without", nargs="+", choices=("int", "text", "ssim"), default=[], metavar="TERM",
                    help="leave these loss terms out (int, text, ssim): the paper's loss ablation (Table 8)")
     p.add_argument("--variant", choices=VARIANT_NAMES, default=None,
@@ -521,6 +523,19 @@ def _val_pairs(a: Path | None, b: Path | None) -> list:
     return [(a, b)]
 
 
+def _loss_weights(items) -> dict:
+    weights = {}
+    for item in items:
+        term, sep, value = item.partition("=")
+        try:
+            weights[term] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise CLIError(f"--loss-weights: expected TERM=WEIGHT (e.g. int=2), got {item!r}")
+    return weights
+
+
 def cmd_train(args) -> int:
     from .train import TrainConfig, train
 
@@ -546,6 +561,7 @@ def cmd_train(args) -> int:
         init_weights=args.weights, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         schedule=args.schedule, crop=None if args.resize else (args.crop or 256), resize=args.resize,
         augment=not args.no_augment, seed=args.seed, loss=args.loss, loss_without=tuple(args.loss_without),
+        loss_weights=_loss_weights(args.loss_weights),
         variant=args.variant, checkpoint_every=args.checkpoint_every,
         resume=args.resume, val_pairs=_val_pairs(args.val_a, args.val_b), val_every=args.val_every,
         val_metrics=tuple(args.val_metrics), keep_best=keep_best, loss_on=args.loss_on, cache_images=args.cache_images,

@@ -75,9 +75,10 @@ class FusionLoss(nn.Module):
 
     `without`: terms left out of the total, by the paper's names ("int", "text", "ssim"); they are
     still computed and returned, so logs of an ablation show how the missing term behaves.
+    `weights`: {term: weight} by the same names, replacing the preset's weights of those terms.
     """
 
-    def __init__(self, preset: str = "official", without=()):
+    def __init__(self, preset: str = "official", without=(), weights=None):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
@@ -89,9 +90,17 @@ class FusionLoss(nn.Module):
         dropped = {TERM_NAMES[t] for t in without}
         if len(dropped) == len(TERM_NAMES):
             raise ValueError("without: leaving out every term leaves no loss")
+        weights = dict(weights or {})
+        unknown = [t for t in weights if t not in TERM_NAMES]
+        if unknown:
+            raise ValueError(f"weights: unknown loss term(s) {unknown}; choose from {tuple(TERM_NAMES)}")
+        bad = {t: w for t, w in weights.items() if not (isinstance(w, (int, float)) and w >= 0)}
+        if bad:
+            raise ValueError(f"weights must be non-negative numbers, got {bad}")
+        chosen = {**PRESETS[preset], **{TERM_NAMES[t]: float(w) for t, w in weights.items()}}
         self.preset = preset
         self.without = tuple(t for t in TERM_NAMES if TERM_NAMES[t] in dropped)  # canonical order
-        self.weights = {name: w for name, w in PRESETS[preset].items() if name not in dropped}
+        self.weights = {name: w for name, w in chosen.items() if name not in dropped}
 
     def extra_repr(self) -> str:
         without = f", without={self.without}" if self.without else ""

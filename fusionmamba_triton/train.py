@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     loss: str = "official"
     loss_without: tuple = ()  # loss terms left out ("int", "text", "ssim"): the paper's loss ablation
+    loss_weights: dict = dataclasses.field(default_factory=dict)  # {"int" | "text" | "ssim": weight} overriding the preset
     checkpoint_every: int = 1000
     resume: str | None = None  # a checkpoint path, or "auto" for out_dir/last.pt when it exists
     val_pairs: list = dataclasses.field(default_factory=list)  # [(a_path, b_path), ...]
@@ -93,7 +94,7 @@ class TrainConfig:
         from .losses import FusionLoss
 
         get_variant(self.variant)
-        FusionLoss(self.loss, without=self.loss_without)  # checks the preset and the term names
+        FusionLoss(self.loss, without=self.loss_without, weights=self.loss_weights)  # checks the preset and the terms
 
 
 def lr_factor(schedule: str, steps_per_epoch: int, total_steps: int):
@@ -256,7 +257,7 @@ def train(config: TrainConfig) -> dict:
         torch.manual_seed(config.seed)
         model = build_model(config, device)
         model.train()
-        criterion = FusionLoss(preset=config.loss, without=config.loss_without).to(device)
+        criterion = FusionLoss(preset=config.loss, without=config.loss_without, weights=config.loss_weights).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, steps_per_epoch, total_steps))
         amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[config.amp]

@@ -110,6 +110,18 @@ def test_cli_train_variant_and_loss_without(split_data, tmp_path):
         assert record["ssim"] > 0
 
 
+def test_cli_train_loss_weights(split_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(split_data), "--task", "ir-vis", "-o", str(out), "--model-config", json.dumps(TINY),
+            "--crop", "64", "--batch-size", "2", "--steps", "2", "--device", "cpu", "--workers", "0", "--log-every", "1",
+            "--loss", "paper", "--loss-weights", "int=3", "ssim=2"]
+    assert main(args) == 0
+    for record in (json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()):
+        assert record["loss"] == pytest.approx(3 * record["intensity"] + record["texture"] + 2 * record["ssim"], rel=1e-5)
+    assert main(args[:-2] + ["int:3"]) == 1
+    assert "--loss-weights: expected TERM=WEIGHT" in capsys.readouterr().err
+
+
 def test_cli_train_rejects_unknown_variant_and_term(split_data, tmp_path, capsys):
     base = ["train", "--data", str(split_data), "-o", str(tmp_path / "run"), "--steps", "1"]
     for extra, word in ((["--variant", "evss"], "--variant"), (["--loss-without", "grad"], "--loss-without")):

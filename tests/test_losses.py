@@ -150,3 +150,16 @@ def test_cuda_matches_cpu(preset):
     total.backward()
     assert torch.isfinite(fused_cuda.grad).all()
     assert total.item() == pytest.approx(cpu_total.item(), rel=1e-4)
+
+
+def test_loss_weights_replace_the_presets_weights_of_those_terms():
+    torch.manual_seed(0)
+    a, b, f = (torch.rand(2, 1, 32, 32) for _ in range(3))
+    base_total, terms = FusionLoss("paper")(f, a, b)
+    total, _ = FusionLoss("paper", weights={"int": 3.0})(f, a, b)
+    assert torch.allclose(total, base_total + 2.0 * terms["intensity"])
+    assert FusionLoss("paper", weights={"ssim": 5}, without=("text",)).weights == {"intensity": 1.0, "ssim": 5.0}
+    with pytest.raises(ValueError, match="unknown loss term"):
+        FusionLoss("paper", weights={"grad": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        FusionLoss("paper", weights={"int": -1.0})

@@ -83,7 +83,8 @@ def test_registry_points_at_the_packaged_files():
 def registry_with_a_task_checkpoint(tmp_path, monkeypatch):
     """The registry after shipping "ct-mri-tiny" for CT-MRI: a folder under assets/weights/ plus its registry lines."""
     weights_dir = tmp_path / "weights"
-    shutil.copytree(bundled_checkpoint("small"), weights_dir / "small")
+    for name in BUNDLED_CHECKPOINTS:
+        shutil.copytree(bundled_checkpoint(name), weights_dir / name)
     torch.manual_seed(0)
     FusionMamba(**TINY).half().save_pretrained(weights_dir / "ct-mri-tiny")
     monkeypatch.setattr(model_module, "BUNDLED_WEIGHTS_DIR", str(weights_dir))
@@ -97,7 +98,7 @@ def test_each_task_loads_its_registered_checkpoint(registry_with_a_task_checkpoi
     assert bundled_weights("ct-mri") == (registry_with_a_task_checkpoint / "ct-mri-tiny", "ct-mri-tiny")
     assert FusionMamba.from_pretrained("ct-mri-tiny").config["dims"] == TINY["dims"]
     assert load_model(None, task="ct-mri").config["dims"] == TINY["dims"]
-    assert load_model(None, task="pet-mri").config["dims"] == PRESETS["small"]["dims"]
+    assert load_model(None, task="pet-mri").config["dims"] == PRESETS[bundled_preset(TASK_CHECKPOINTS["pet-mri"])]["dims"]
     with pytest.raises(ValueError, match="no bundled weights for preset 'small'.*'ct-mri-tiny'"):
         load_model(None, preset="small", task="ct-mri")
 
@@ -129,10 +130,10 @@ def test_unknown_name_is_a_clear_error():
         FusionMamba.from_pretrained("huge")
 
 
-def test_loads_strictly_as_the_small_preset(model):
-    small = PRESETS["small"]
-    assert {k: model.config[k] for k in small} == small
-    strict = FusionMamba.from_pretrained(bundled_checkpoint(), preset="small")  # strict=True inside
+def test_loads_strictly_as_its_preset(model):
+    preset = bundled_preset(DEFAULT_CHECKPOINT)
+    assert {k: model.config[k] for k in PRESETS[preset]} == PRESETS[preset]
+    strict = FusionMamba.from_pretrained(bundled_checkpoint(), preset=preset)  # strict=True inside
     for (name, a), (_, b) in zip(model.state_dict().items(), strict.state_dict().items()):
         assert torch.equal(a, b), name
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -158,30 +159,32 @@ def test_cli_fuse_without_weights_uses_it_and_says_so(tmp_path, capsys):
     out = tmp_path / "fused.png"
     assert main(["fuse", str(a_path), str(b_path), "-o", str(out), "--device", "cpu"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "bundled checkpoint 'small' for ir-vis (the default; pass --task)" in err[0], err
-    assert BUNDLED_CHECKPOINTS["small"] in err[0]
+    assert len(err) == 1 and f"bundled checkpoint {DEFAULT_CHECKPOINT!r} for ir-vis (the default; pass --task)" in err[0]
+    assert BUNDLED_CHECKPOINTS[DEFAULT_CHECKPOINT] in err[0]
     fused = load_image(out)
     assert fused.shape == load_image(a_path).shape
     assert os.path.getsize(out) > 0
 
 
 def test_other_presets_do_not_get_the_bundled_weights():
-    """The bundled checkpoint is the small preset; asking for another preset without weights says so."""
+    """The bundled checkpoints have their own presets; asking for another preset without weights says so."""
     with pytest.raises(ValueError, match="no bundled weights for preset 'base'.*--weights"):
         load_model(None, preset="base")
-    assert load_model(None, preset="small").config["dims"] == [16, 32, 64, 128]
+    preset = bundled_preset(DEFAULT_CHECKPOINT)
+    assert load_model(None, preset=preset).config["dims"] == PRESETS[preset]["dims"]
 
 
 def test_the_note_names_only_weights_that_were_loaded(capsys):
     """--preset tiny --allow-untrained gets a random model: no note claims the bundled weights."""
     from fusionmamba_triton.cli import _say_bundled
 
+    name, preset = DEFAULT_CHECKPOINT, bundled_preset(DEFAULT_CHECKPOINT)
     assert bundled_weights("ir-vis", "tiny") == (None, "there are no bundled weights for preset 'tiny' "
-                                                       "(ir-vis ships 'small', preset 'small')")
+                                                       f"(ir-vis ships {name!r}, preset {preset!r})")
     _say_bundled("fuse", "ir-vis", "tiny", given_task=True)
     assert capsys.readouterr().err == ""
-    _say_bundled("fuse", "ir-vis", "small", given_task=True)
-    assert capsys.readouterr().err.startswith("fusionmamba fuse: using the bundled checkpoint 'small' for ir-vis: ")
+    _say_bundled("fuse", "ir-vis", preset, given_task=True)
+    assert capsys.readouterr().err.startswith(f"fusionmamba fuse: using the bundled checkpoint {name!r} for ir-vis: ")
 
 
 @pytest.mark.parametrize("checkpoint", sorted(BUNDLED_CHECKPOINTS))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from fusionmamba_triton.cli import main
 from fusionmamba_triton.imaging import load_image, save_image
-from fusionmamba_triton.model import FusionMamba
+from fusionmamba_triton.model import TASK_CHECKPOINTS, FusionMamba
 from fusionmamba_triton.report import (PairResult, best_methods, contact_sheet, mean_scores, parse_weights, ratios,
                                        select_rows, thumbnail)
 from tests.helpers import TINY
@@ -131,8 +131,9 @@ def test_compare_uses_the_tasks_bundled_weights_and_says_so(folders, tmp_path, c
     assert main(["compare", "--a-dir", str(vi), "--b-dir", str(ir), "-o", str(out), "--task", "pet-mri",
                  "--methods", "model", "--metrics", "ssim", "--device", "cpu", "--colour-source", "none"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "bundled" in line]
-    assert len(notes) == 1 and "'small' for pet-mri" in notes[0]
-    assert json.loads((out / "scores.json").read_text())["sources"] == {"model": "bundled checkpoint 'small'"}
+    name = TASK_CHECKPOINTS["pet-mri"]
+    assert len(notes) == 1 and f"{name!r} for pet-mri" in notes[0]
+    assert json.loads((out / "scores.json").read_text())["sources"] == {"model": f"bundled checkpoint {name!r}"}
 
 
 @pytest.mark.parametrize("args, match", [

@@ -30,8 +30,10 @@ from tests.helpers import TINY
 # checkpoint name -> the bundled sample pair it is scored on, and its scores there (the paper's six
 # metrics, canonical convention, the fused float image on 0-255). Printed by `python -m tests.test_bundled`.
 PINNED_SCORES = {
-    "small": {"pair": "tno_05", "scores": {"vif": 0.337905, "scd": 1.70759, "qabf": 0.230035, "sf": 25.7397,
-                                           "ms_ssim": 0.565283, "fmi_edge": 0.824241}},
+    "ir-vis-medium": {"pair": "tno_05", "scores": {"vif": 0.351791, "scd": 1.73838, "qabf": 0.356022, "sf": 15.7427,
+                                                   "ms_ssim": 0.636488, "fmi_edge": 0.827432}},
+    "medical-medium": {"pair": "itk_brain", "scores": {"vif": 0.364852, "scd": 0.860556, "qabf": 0.423291,
+                                                       "sf": 45.2535, "ms_ssim": 0.370803, "fmi_edge": 0.843782}},
 }
 PINNED_METRICS = ("vif", "scd", "qabf", "sf", "ms_ssim", "fmi_edge")
 PIN_TOLERANCE = 5e-4  # relative: far above fp32 noise across torch builds, far below any retraining

@@ -6,7 +6,7 @@ model's real shapes (the four U-Net stages of a 256x256 and a 640x480 input).
 
 Ops and providers (the baseline, against which ratios are printed, is marked *):
 - selective scan, forward and forward+backward: *sequential (a mamba-ssm style PyTorch loop over
-  time), reference (our ground truth, also sequential), torch (our fast PyTorch path),
+  time), reference (our ground truth, also sequential), torch (our fast PyTorch path), numba (our CPU kernel),
   triton (CUDA), mamba_ssm (mamba-ssm's CUDA selective_scan_fn, when installed);
 - ES2D gather and merge: *reference (strided slicing), torch, triton;
 - LDC: *conv2d (F.conv2d with the modulated weight, what one would write), torch, triton.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fusionmamba_triton.kernels.configs import BENCH_SIZES, MODEL_D_STATE as D_STATE, stage_shapes  # noqa: E402
 from fusionmamba_triton.ops import es2d_merge, es2d_scan, ldc_conv2d, selective_scan, selective_scan_ref  # noqa: E402
-from fusionmamba_triton.ops.backends import interpreter_enabled  # noqa: E402
+from fusionmamba_triton.ops.backends import interpreter_enabled, numba_available  # noqa: E402
 from fusionmamba_triton.ops.ldc import ldc_modulated_weight  # noqa: E402
 
 BASELINE = {"scan_fwd": "sequential", "scan_fwd_bwd": "sequential", "es2d_scan": "reference",
@@ -93,7 +92,7 @@ def scan_callable(provider: str, t: dict):
         return lambda: sequential_scan(*args, t["D"], t["delta_bias"])
     if provider == "reference":
         return lambda: selective_scan_ref(*args, **kw)
-    if provider in ("torch", "triton"):
+    if provider in ("torch", "numba", "triton"):
         return lambda: selective_scan(*args, **kw, backend=provider)
     if provider == "mamba_ssm":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -165,7 +164,8 @@ def measure(fn, device: torch.device, budget_s: float = 1.0, min_runs: int = 3, 
 def providers_for(op: str, device: torch.device) -> list[str]:
     cuda = device.type == "cuda" or interpreter_enabled()  # triton: CUDA, or the interpreter (gpu_check --dry-run)
     if op.startswith("scan"):
-        names = ["sequential", "reference", "torch"] + (["triton"] if cuda else [])
+        names = ["sequential", "reference", "torch"] + (["numba"] if device.type == "cpu" and numba_available() else [])
+        names += ["triton"] if cuda else []
         try:
             import mamba_ssm  # noqa: F401
 

@@ -4,7 +4,8 @@
     python benchmarks/model_speed.py --mode train --preset small --size 128 --batch 4
     python benchmarks/model_speed.py --configs numba:fp32:1 numba:bf16:1 --load 1   # with a busy core
 
-Each configuration BACKEND:PRECISION:THREADS (precision fp32, or bf16 / fp16 autocast) runs in a fresh
+Each configuration BACKEND:PRECISION:THREADS (precision fp32, or bf16 / fp16 autocast; THREADS a count,
+or "auto": as many as there are idle cores, what the commands do by default) runs in a fresh
 subprocess with the same seed, weights and inputs, so its peak memory is its own: on CPU the growth of
 the process's max RSS, on CUDA torch.cuda.max_memory_allocated above what was allocated before. The
 time is the median of `--runs` passes after `--warmup` untimed ones ("reference" gets
@@ -34,13 +35,15 @@ DEFAULT_CONFIGS = {
 PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
-def parse_config(text: str) -> tuple[str, str, int]:
+def parse_config(text: str) -> tuple[str, str, int | None]:
+    """(backend, precision, threads); threads None for "auto" (fusionmamba_triton.threads.auto_threads)."""
     try:
         backend, precision, threads = text.split(":")
-        threads = int(threads)
+        threads = None if threads == "auto" else int(threads)
     except ValueError:
-        raise SystemExit(f"--configs: expected BACKEND:PRECISION:THREADS (e.g. numba:bf16:1), got {text!r}") from None
-    if precision not in PRECISIONS or threads < 1:
+        raise SystemExit(f"--configs: expected BACKEND:PRECISION:THREADS (e.g. numba:bf16:1 or numba:fp32:auto), "
+                         f"got {text!r}") from None
+    if precision not in PRECISIONS or (threads is not None and threads < 1):
         raise SystemExit(f"--configs: precision must be one of {sorted(PRECISIONS)} and threads >= 1, got {text!r}")
     return backend, precision, threads
 
@@ -52,8 +55,10 @@ def measure(args, config: str, output_path: str) -> dict:
     from fusionmamba_triton.losses import FusionLoss
     from fusionmamba_triton.model import FusionMamba
 
+    from fusionmamba_triton.threads import configure_threads
+
     backend, precision, threads = parse_config(config)
-    torch.set_num_threads(threads)
+    threads = configure_threads(threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = FusionMamba.from_preset(args.preset, backend=backend).to(device)
@@ -102,7 +107,8 @@ def measure(args, config: str, output_path: str) -> dict:
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     torch.save(out.detach().clamp(0, 1).cpu(), output_path)
-    return dict(config=config, median_s=statistics.median(times), min_s=min(times), runs=runs, peak_mb=peak_mb)
+    return dict(config=config, threads=threads, median_s=statistics.median(times), min_s=min(times), runs=runs,
+                peak_mb=peak_mb)
 
 
 def _busy_loop() -> None:
@@ -182,10 +188,11 @@ def main() -> None:
         vs_base = baseline["median_s"] / r["median_s"]
         vs_ref = f"{reference['median_s'] / r['median_s']:15.2f}" if reference else f"{'-':>15}"
         diff = f"{r['diff_mean']:.3f} / {r['diff_max']:.2f}" if r["diff_mean"] is not None else "-"
-        print(f"{r['config']:>16} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['runs']:5d} {r['peak_mb']:8.0f} "
+        label = r["config"] if r["config"].endswith(f":{r['threads']}") else f"{r['config']} ({r['threads']})"
+        print(f"{label:>16} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['runs']:5d} {r['peak_mb']:8.0f} "
               f"{vs_base:22.2f} {vs_ref} {diff:>21}")
     print("(x: speed-up, the baseline's time over this one's; diff: against the first fp32 configuration, "
-          f"on the output clipped to [0, 1]; the differences of fp32 backends are float rounding)")
+          "on the output clipped to [0, 1]; the differences of fp32 backends are float rounding)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": {k: v for k, v in vars(args).items() if k != "worker"}, "results": results}, f, indent=2)

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.compared import COMPARED, IFT  # noqa: E402
 from fusionmamba_triton.flops import count_flops, count_hook_macs  # noqa: E402
 from fusionmamba_triton.model import FusionMamba  # noqa: E402
+from fusionmamba_triton.ops.backends import numba_available  # noqa: E402
 
 # Table 6 of the paper (first IR-VIS test image, RTX 3090).
 PAPER = {
@@ -248,7 +249,8 @@ def main(argv=None) -> int:
                         help="input size timed by --quick (default: 64x64 on CPU, where the scan is slow; --size on CUDA)")
     parser.add_argument("--no-search", action="store_true", help="skip the search for the sizes matching the paper")
     parser.add_argument("--backends", default=None,
-                        help="comma-separated FusionMamba backends to time (default: triton,torch on CUDA, torch on CPU)")
+                        help="comma-separated FusionMamba backends to time (default: triton,torch on CUDA; "
+                             "numba,torch on CPU, numba being what 'auto' picks there)")
     parser.add_argument("--out-dir", default="bench_out")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
@@ -258,7 +260,10 @@ def main(argv=None) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
-    backends = ["triton", "torch"] if device.type == "cuda" else ["torch"]
+    if device.type == "cuda":
+        backends = ["triton", "torch"]
+    else:
+        backends = ["numba", "torch"] if numba_available() else ["torch"]
     if args.backends:
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     runs, warmup = (1, 0) if args.quick else (args.runs, args.warmup)

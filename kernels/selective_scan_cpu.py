@@ -31,16 +31,10 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-# numba's own thread pool: its OpenMP layer resets torch's thread count (they share libgomp's settings)
-# and leaves spinning threads that compete with torch's pool for the cores.
-if numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
+from .numba_runtime import JIT_FLAGS, use_torch_thread_count
 
 LANES = 16
 CHUNK = 64  # steps between saved states: the backward's recompute buffers (2 x CHUNK x N fp32) fit in L1
-# reassoc/contract: vectorised sums over N and fused multiply-adds. error_model="numpy": no Python
-# ZeroDivisionError check, whose branch stops a loop with a division from vectorising.
-_JIT = dict(fastmath={"reassoc", "contract"}, error_model="numpy")
 
 # exp(f) ~ 1 + f + f^2 P2 + ... + f^6 P6 on [-ln2/2, ln2/2]: a relative-error fit of our own (2e-9 before
 # fp32 rounding), evaluated by Horner's rule.
@@ -61,7 +55,7 @@ def _int32_bits_as_float32(typingctx, bits):
     return sig, codegen
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(inline="always", **JIT_FLAGS)
 def _exp(x):
     """float32 exp within ~2 ulp for x in [-87, 88]; inputs outside are clamped (exp(-87) = 1.6e-38)."""
     x = min(max(x, np.float32(-87.0)), np.float32(88.0))
@@ -77,7 +71,7 @@ def _exp(x):
     return p * _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(inline="always", **JIT_FLAGS)
 def _softplus(x):
     """log(1 + exp(x)) within 3e-7, the identity above 20 (as torch and mamba-ssm).
 
@@ -96,12 +90,12 @@ def _softplus(x):
     return x if x > np.float32(20.0) else max(x, np.float32(0.0)) + np.float32(2.0) * s * p
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(inline="always", **JIT_FLAGS)
 def _sigmoid(x):
     return np.float32(1.0) / (np.float32(1.0) + _exp(-x))
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(inline="always", **JIT_FLAGS)
 def _zoh_gain(dl, a):
     """(exp(dl * a) - 1) / a, with its limit dl at a == 0."""
     if a == np.float32(0.0):
@@ -109,7 +103,7 @@ def _zoh_gain(dl, a):
     return np.float32(math.expm1(dl * a)) / a
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(inline="always", **JIT_FLAGS)
 def _step_sizes(delta_row, bias, softplus, out):
     """out[t] = delta_row[t] + bias, through softplus if asked: one vectorised pass over a row."""
     if softplus:
@@ -126,7 +120,7 @@ def scan_fwd_kernel(zoh: bool, width: int):
     compile-time constants: a runtime branch in the N-loop halves its speed, and a constant trip count lets
     it become whole vectors."""
 
-    @numba.njit(parallel=True, cache=True, **_JIT)
+    @numba.njit(parallel=True, cache=True, **JIT_FLAGS)
     def scan_fwd(u, delta, A, B, C, D_skip, z, bias, out, last, states,
                  b_batch, b_div, b_time, c_batch, c_div, c_time, has_d, has_z, has_bias, softplus, save_states):
         batch, dim, length = u.shape
@@ -171,7 +165,7 @@ def scan_bwd_kernel(zoh: bool, width: int):
     sums over the batch. dB_part / dC_part: (batch, D, 1, N) per row when B / C is constant, else
     (batch, D // block, L, N) per work item, which the caller sums over each group's items."""
 
-    @numba.njit(parallel=True, cache=True, **_JIT)
+    @numba.njit(parallel=True, cache=True, **JIT_FLAGS)
     def scan_bwd(u, delta, A, B, C, D_skip, z, bias, states, dout, dlast,
                  du, ddelta, dz, dA_rows, dB_part, dC_part, dD_rows, dbias_rows,
                  b_batch, b_div, b_time, c_batch, c_div, c_time, block,
@@ -295,13 +289,6 @@ def scan_bwd_kernel(zoh: bool, width: int):
 
 
 # ---------------------------------------------------------------------- launchers (torch tensors in and out)
-def _threads() -> None:
-    """Use as many numba threads as torch does, so one setting (torch.set_num_threads) rules both."""
-    import torch
-
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-
 def _array(t, padded: int | None = None):
     """A C-contiguous fp32 numpy view of a CPU tensor (copied only when needed), its last dimension
     zero-padded to `padded` if given."""
@@ -349,7 +336,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     out = torch.empty(batch, dim, length, dtype=torch.float32)
     last = torch.empty(batch, dim, padded, dtype=torch.float32)
     states = torch.empty((batch, dim, n_chunks(length), padded) if save_states else (0, 0, 0, 0), dtype=torch.float32)
-    _threads()
+    use_torch_thread_count()
     scan_fwd_kernel(discretization == "zoh", padded)(
         _array(u), _array(delta), _array(A, padded), B_arr, C_arr, _optional(D, 1), _optional(z, 3),
         _optional(delta_bias, 1), out.numpy(), last.numpy(), states.numpy(), b_batch, b_div, b_time,
@@ -399,7 +386,7 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, chunk_s
     dB = torch.zeros(batch, dim // block, length, padded, **f32) if b_time else torch.empty(batch, dim, 1, padded, **f32)
     dC = torch.zeros(batch, dim // block, length, padded, **f32) if c_time else torch.empty(batch, dim, 1, padded, **f32)
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
-    _threads()
+    use_torch_thread_count()
     scan_bwd_kernel(discretization == "zoh", padded)(
         _array(u), _array(delta), _array(A, padded), B_arr, C_arr, _optional(D, 1), _optional(z, 3),
         _optional(delta_bias, 1), chunk_states.numpy(), _array(dout),

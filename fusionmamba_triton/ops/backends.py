@@ -1,4 +1,4 @@
-"""Choosing between the "reference", "torch" and "triton" implementations of an op, in one place."""
+"""Choosing between the "reference", "torch", "numba" and "triton" implementations of an op, in one place."""
 from __future__ import annotations
 
 import functools

@@ -5,14 +5,19 @@ x: (B, Ci, H, W); weight, base_mask: (Co, Ci, 3, 3); learnable_mask: (Co, Ci); t
 W' = W * (base_mask - theta * m[..., None, None] * c * sum_uv(W)), c the 3x3 centre indicator;
 y = conv2d(x, W', padding=1): (B, Co, H, W), in x's dtype (W' is cast to it).
 
+Backends: "reference" (the formula above under autograd), "torch" (W' built without autograd, then
+F.conv2d), "numba" (W' built in one pass by kernels/ldc_cpu.py into a reused buffer, then F.conv2d;
+what "auto" picks for CPU tensors) and "triton" (kernels/ldc.py, implicit GEMM with the modulation fused).
 Every backend runs inside the custom op fusionmamba::ldc_conv2d, so FlopCounterMode counts one op
 with 2 * B * Co * Ci * 9 * H * W FLOPs (+ the modulation) whichever backend computes it. The
-"torch" and "triton" backward passes are the op fusionmamba::ldc_conv2d_backward (twice those
+"torch", "numba" and "triton" backward passes are the op fusionmamba::ldc_conv2d_backward (twice those
 FLOPs); the "reference" backward recomputes ldc_conv2d_ref under autograd.
 Gradients flow to x, weight (also through the kernel sum), learnable_mask and theta; never to
 base_mask, which is a frozen parameter.
 """
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +58,37 @@ def _triton_kernels():
     return ldc_kernels
 
 
+def _cpu_kernels():
+    from fusionmamba_triton.kernels import ldc_cpu  # needs numba: imported on first use
+
+    return ldc_cpu
+
+
+_scratch = threading.local()
+
+
+def _scratch_buffer(shape: torch.Size, memory_format: torch.memory_format) -> torch.Tensor:
+    """A per-thread fp32 CPU buffer for W', one per weight shape and layout. W' lives only until its
+    convolution returns, so it is rewritten in place rather than allocated: a fresh 21 MB tensor per
+    call (768 x 768 x 3 x 3) costs page faults and a cold cache that the convolution then pays for."""
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    key = (tuple(shape), memory_format)
+    if key not in buffers:
+        with torch.inference_mode(False):  # a normal tensor, usable whether or not the first call was in inference mode
+            buffers[key] = torch.empty(shape, dtype=torch.float32).contiguous(memory_format=memory_format)
+    return buffers[key]
+
+
+def _modulated_weight(weight, base_mask, learnable_mask, theta, x, backend):
+    """W' in x's dtype and the layout the convolution of x wants (so that it makes no copy)."""
+    memory_format = _memory_format(x)
+    if backend != "numba":
+        return _modulated_weight_torch(weight, base_mask, learnable_mask, theta, x.dtype, memory_format)
+    modulated = _scratch_buffer(weight.shape, memory_format)
+    _cpu_kernels().ldc_modulate(weight, base_mask, learnable_mask, theta, modulated)
+    return modulated if x.dtype == torch.float32 else modulated.to(x.dtype)
+
+
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     """The layout PyTorch's convolution gives its output for input x (channels-last stays channels-last)."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -67,8 +103,7 @@ def _ldc_conv2d_op(x: torch.Tensor, weight: torch.Tensor, base_mask: torch.Tenso
     if backend == "reference":
         out = ldc_conv2d_ref(x, weight, base_mask, learnable_mask, theta)
     else:
-        modulated = _modulated_weight_torch(weight, base_mask, learnable_mask, theta, x.dtype, _memory_format(x))
-        out = F.conv2d(x, modulated, padding=1)
+        out = F.conv2d(x, _modulated_weight(weight, base_mask, learnable_mask, theta, x, backend), padding=1)
     return out.contiguous(memory_format=_memory_format(x))
 
 
@@ -91,9 +126,9 @@ def _modulation_backward_torch(grad_modulated, weight, base_mask, learnable_mask
     return grad_weight, -theta * centre_term, grad_theta
 
 
-def _backward_torch(grad_out, x, weight, base_mask, learnable_mask, theta):
+def _backward_cpu(grad_out, x, weight, base_mask, learnable_mask, theta, backend):
     """One aten convolution_backward for both convolution gradients, then the modulation in closed form."""
-    modulated = _modulated_weight_torch(weight, base_mask, learnable_mask, theta, x.dtype, _memory_format(x))
+    modulated = _modulated_weight(weight, base_mask, learnable_mask, theta, x, backend)
     grad_x, grad_modulated, _ = torch.ops.aten.convolution_backward(
         grad_out, x, modulated, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False])
     return (grad_x, *_modulation_backward_torch(grad_modulated, weight, base_mask, learnable_mask, theta))
@@ -103,10 +138,10 @@ def _backward_torch(grad_out, x, weight, base_mask, learnable_mask, theta):
 def _ldc_conv2d_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                             base_mask: torch.Tensor, learnable_mask: torch.Tensor, theta: torch.Tensor,
                             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The "torch" and "triton" backward passes: (grad_x, grad_weight, grad_learnable_mask, grad_theta)."""
+    """The "torch", "numba" and "triton" backward passes: (grad_x, grad_weight, grad_learnable_mask, grad_theta)."""
     if backend == "triton":
         return _triton_kernels().ldc_conv2d_backward(grad_out, x, weight, base_mask, learnable_mask, theta)
-    grad_x, *grad_params = _backward_torch(grad_out, x, weight, base_mask, learnable_mask, theta)
+    grad_x, *grad_params = _backward_cpu(grad_out, x, weight, base_mask, learnable_mask, theta, backend)
     return (grad_x.contiguous(memory_format=_memory_format(x)), *(g.contiguous() for g in grad_params))
 
 
@@ -187,5 +222,9 @@ def ldc_conv2d(x, weight, base_mask, learnable_mask, theta, backend="auto"):
     _check_inputs(x, weight, base_mask, learnable_mask, theta)
     if backend == "triton" and x.dtype not in TRITON_DTYPES:  # before resolving: a dtype error wins on any device
         raise TypeError(f"the triton backend takes float32/float16/bfloat16 x, got {x.dtype}; use backend='torch'")
-    backend = resolve_backend(backend, x.device)
-    return _ldc_conv2d_op(x, weight, base_mask, learnable_mask, theta.reshape(1), backend)
+    impl = resolve_backend(backend, x.device, has_cpu_kernel=True)
+    if impl == "numba" and x.dtype == torch.float64:
+        if backend == "numba":
+            raise TypeError("the numba backend modulates the weight in float32; use backend='torch' for float64")
+        impl = "torch"
+    return _ldc_conv2d_op(x, weight, base_mask, learnable_mask, theta.reshape(1), impl)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionmamba_triton.ops.backends import interpreter_enabled, triton_available
+from fusionmamba_triton.ops.backends import interpreter_enabled, numba_available, triton_available
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TRITON_RUNS = triton_available() and (DEVICE.type == "cuda" or interpreter_enabled())
 needs_triton = pytest.mark.skipif(not TRITON_RUNS, reason="triton needs CUDA or TRITON_INTERPRET=1")
+needs_numba_cpu = pytest.mark.skipif(DEVICE.type != "cpu" or not numba_available(),
+                                     reason="the numba backend runs on CPU tensors and needs numba")
 
 # Largest error allowed, relative to the largest magnitude of the expected tensor, by the dtype the op
 # computed in; the expected tensor comes from the fp32 (or, for fp64, fp64) reference.
@@ -23,7 +25,11 @@ HALF_DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat
 
 def backend_param(backend: str):
     """A pytest param for `backend`, skipped where it cannot run."""
-    return pytest.param(backend, marks=needs_triton) if backend == "triton" else backend
+    if backend == "triton":
+        return pytest.param(backend, marks=needs_triton)
+    if backend == "numba":
+        return pytest.param(backend, marks=needs_numba_cpu)
+    return backend
 
 
 def fp32_tolerance_on_device() -> float:

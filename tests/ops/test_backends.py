@@ -86,6 +86,7 @@ sys.modules["numba"] = None
 from fusionmamba_triton.ops.backends import resolve_backend
 assert resolve_backend("auto", torch.device("cpu"), has_cpu_kernel=True) == "torch"
 assert "fusionmamba_triton.kernels.selective_scan_cpu" not in sys.modules
+assert "fusionmamba_triton.kernels.ldc_cpu" not in sys.modules
 try:
     resolve_backend("numba", torch.device("cpu"), has_cpu_kernel=True)
 except RuntimeError as err:
@@ -99,7 +100,7 @@ else:
 
 def test_cpu_paths_never_load_the_triton_kernels():
     """With triton installed, CPU work on the default backend leaves the Triton kernels unimported (the
-    numba CPU scan, which is what runs there, and the shared shape configs may load) and no module of
+    numba CPU kernels, which are what runs there, and the shared shape configs may load) and no module of
     the package holds anything from triton (torch itself may import triton, e.g.
     torch.utils.flop_counter does: that is not the package's doing)."""
     pytest.importorskip("triton")
@@ -107,6 +108,7 @@ def test_cpu_paths_never_load_the_triton_kernels():
 import sys, types
 """ + CPU_SESSION + """
 cpu_side = {"fusionmamba_triton.kernels", "fusionmamba_triton.kernels.selective_scan_cpu",
+            "fusionmamba_triton.kernels.ldc_cpu", "fusionmamba_triton.kernels.numba_runtime",
             "fusionmamba_triton.kernels.configs"}
 kernels = sorted(m for m in sys.modules if m.startswith("fusionmamba_triton.kernels") and m not in cpu_side)
 assert not kernels, kernels

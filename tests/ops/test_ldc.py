@@ -1,19 +1,23 @@
 """LDC convolution: the fast backends against the reference, forward and every gradient, in fp32,
-fp16 and bf16; non-contiguous and channels-last layouts; every kernel config and K split.
+fp16 and bf16; non-contiguous and channels-last layouts; every kernel config and K split; the numba
+modulation kernel and its reused buffer.
 
 Backends run on the GPU when there is one, else on the CPU (Triton under the interpreter); see
 tests/ops/common.py.
 """
+import threading
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fusionmamba_triton.ops import ldc_conv2d, ldc_conv2d_ref
 from fusionmamba_triton.ops.ldc import ldc_modulated_weight
-from tests.ops.common import DEVICE, HALF_DTYPES, assert_close, backend_param, fp32_tolerance_on_device, needs_triton
+from tests.ops.common import (DEVICE, HALF_DTYPES, assert_close, backend_param, fp32_tolerance_on_device,
+                              needs_numba_cpu, needs_triton)
 
-BACKENDS = ["reference", "torch", backend_param("triton")]
-FAST_BACKENDS = ["torch", backend_param("triton")]
+BACKENDS = ["reference", "torch", backend_param("numba"), backend_param("triton")]
+FAST_BACKENDS = ["torch", backend_param("numba"), backend_param("triton")]
 # (B, Ci, Co, H, W): tiny channels (below tl.dot's 16), odd sizes, 1xN, Ci crossing the 32-channel
 # K block, Co crossing the 64-channel N block.
 SHAPES = {
@@ -242,6 +246,45 @@ def test_custom_op_passes_opcheck():
     inputs = make_inputs(1, 3, 2, 4, 3, seed=9)
     torch.library.opcheck(torch.ops.fusionmamba.ldc_conv2d.default, (*inputs, "torch"),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@needs_numba_cpu
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous_out", "channels_last_out"])
+@pytest.mark.parametrize("c_out, c_in", [(5, 3), (17, 20), (1, 1)], ids=["co5_ci3", "co17_ci20", "co1_ci1"])
+def test_numba_modulation_matches_formula(c_out, c_in, channels_last):
+    from fusionmamba_triton.kernels.ldc_cpu import ldc_modulate
+
+    _, weight, base_mask, learnable_mask, theta = make_inputs(1, c_in, c_out, 3, 3, device="cpu", seed=10)
+    out = torch.full((c_out, c_in, 3, 3), float("nan"))
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    ldc_modulate(weight, base_mask, learnable_mask, theta, out)
+    expected = ldc_modulated_weight(weight, base_mask, learnable_mask, theta).detach()
+    assert_close(out, expected, torch.float32, "modulated weight", rtol=1e-6)
+
+
+@needs_numba_cpu
+def test_numba_reused_buffer_serves_every_weight_of_one_shape():
+    """Two weights of one shape, called in turns (the per-thread buffer is rewritten each call), and a
+    call from another thread, which gets its own buffer."""
+    first, second = make_inputs(2, 6, 5, 7, 4, seed=11), make_inputs(2, 6, 5, 7, 4, seed=12)
+    for inputs in (first, second, first):
+        with torch.no_grad():
+            assert_close(ldc_conv2d(*inputs, backend="numba"), ldc_conv2d_ref(*inputs), torch.float32, "out")
+    results = {}
+    thread = threading.Thread(target=lambda: results.setdefault("out", ldc_conv2d(*second, backend="numba").detach()))
+    thread.start()
+    thread.join()
+    assert_close(results["out"], ldc_conv2d_ref(*second).detach(), torch.float32, "out from another thread")
+
+
+@needs_numba_cpu
+def test_float64_runs_on_torch_under_auto_and_numba_refuses_it():
+    inputs = make_inputs(1, 3, 2, 4, 4, dtype=torch.float64, device="cpu", seed=13)
+    with torch.no_grad():
+        assert_close(ldc_conv2d(*inputs), ldc_conv2d_ref(*inputs), torch.float64, "out")
+        with pytest.raises(TypeError, match="float32"):
+            ldc_conv2d(*inputs, backend="numba")
 
 
 def _bad(**changes):

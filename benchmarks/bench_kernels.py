@@ -9,7 +9,8 @@ Ops and providers (the baseline, against which ratios are printed, is marked *):
   time), reference (our ground truth, also sequential), torch (our fast PyTorch path), numba (our CPU kernel),
   triton (CUDA), mamba_ssm (mamba-ssm's CUDA selective_scan_fn, when installed);
 - ES2D gather and merge: *reference (strided slicing), torch, triton;
-- LDC: *conv2d (F.conv2d with the modulated weight, what one would write), torch, triton.
+- LDC: *conv2d (F.conv2d with the modulated weight, what one would write), torch, numba (CPU), triton;
+  channels-last input, as in the model.
 The shapes are the model's (fusionmamba_triton/kernels/configs.py, which the launchers' tuning and
 the compile tests also use): stage i of an HxW input is h, w = H / 2^(i+2), W / 2^(i+2),
 C = (96, 192, 384, 768)[i]; the scan runs over 4 groups of d_inner = 2C channels (D = 8C) with
@@ -123,7 +124,7 @@ def es2d_callables(provider: str, s: dict, device):
 def ldc_callable(provider: str, s: dict, device):
     g = torch.Generator().manual_seed(0)
     c = s["C"]
-    x = torch.randn(1, c, s["h"], s["w"], generator=g).to(device)
+    x = torch.randn(1, c, s["h"], s["w"], generator=g).to(device).contiguous(memory_format=torch.channels_last)  # the model's layout
     weight = (torch.randn(c, c, 3, 3, generator=g) * (9 * c) ** -0.5).to(device)
     base = torch.ones(c, c, 3, 3, device=device)
     mask = torch.ones(c, c, device=device)
@@ -175,7 +176,8 @@ def providers_for(op: str, device: torch.device) -> list[str]:
             pass
         return names
     if op == "ldc":
-        return ["conv2d", "torch"] + (["triton"] if cuda else [])
+        return ["conv2d", "torch"] + (["numba"] if device.type == "cpu" and numba_available() else []) + \
+            (["triton"] if cuda else [])
     return ["reference", "torch"] + (["triton"] if cuda else [])
 
 

@@ -52,6 +52,14 @@ def folders(tmp_path):
     return vi, ir
 
 
+def good_pairs(folders):
+    """The folders without their unreadable and unpartnered files."""
+    vi, ir = folders
+    for path in (vi / "broken.png", ir / "broken.png", ir / "lonely.png"):
+        path.unlink(missing_ok=True)
+    return vi, ir
+
+
 def _compare(folders, out, *extra):
     vi, ir = folders
     return main(["compare", "--a-dir", str(vi), "--b-dir", str(ir), "-o", str(out), "--task", "ir-vis",
@@ -102,10 +110,7 @@ def test_compare_writes_sheet_report_and_scores_and_skips_a_bad_pair(folders, we
 
 
 def test_compare_scores_equal_fuse_then_evaluate(folders, weights, tmp_path, capsys):
-    vi, ir = folders
-    (vi / "broken.png").unlink()
-    (ir / "lonely.png").unlink()
-    (ir / "broken.png").unlink(missing_ok=True)
+    vi, ir = good_pairs(folders)
     out = tmp_path / "report"
     assert _compare(folders, out, "--methods", "model", "laplacian", "--weights", str(weights[0]), "--save-fused") == 0
     report = json.loads((out / "scores.json").read_text())
@@ -123,10 +128,7 @@ def test_compare_scores_equal_fuse_then_evaluate(folders, weights, tmp_path, cap
 
 
 def test_compare_uses_the_tasks_bundled_weights_and_says_so(folders, tmp_path, capsys):
-    vi, ir = folders
-    (vi / "broken.png").unlink()
-    (ir / "lonely.png").unlink()
-    (ir / "broken.png").unlink(missing_ok=True)
+    vi, ir = good_pairs(folders)
     out = tmp_path / "report"
     assert main(["compare", "--a-dir", str(vi), "--b-dir", str(ir), "-o", str(out), "--task", "pet-mri",
                  "--methods", "model", "--metrics", "ssim", "--device", "cpu", "--colour-source", "none"]) == 0
@@ -208,10 +210,7 @@ def test_tables_mean_ratio_and_best():
 
 
 def test_evaluate_sheet(folders, tmp_path, capsys):
-    vi, ir = folders
-    (vi / "broken.png").unlink()
-    (ir / "lonely.png").unlink()
-    (ir / "broken.png").unlink(missing_ok=True)
+    vi, ir = good_pairs(folders)
     fused = tmp_path / "average"
     assert main(["fuse", "--a-dir", str(vi), "--b-dir", str(ir), "-o", str(fused), "--method", "average"]) == 0
     sheets = {}

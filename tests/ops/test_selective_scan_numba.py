@@ -6,7 +6,7 @@ import torch
 from fusionmamba_triton.ops.selective_scan import selective_scan, selective_scan_ref
 
 from tests.ops.common import assert_close
-from tests.ops.test_selective_scan import CASES, make_inputs, run_with_grads, upcast
+from tests.ops.test_selective_scan import CASES, compare_with_reference, make_inputs, run_with_grads
 
 pytest.importorskip("numba")
 from fusionmamba_triton.kernels import selective_scan_cpu  # noqa: E402
@@ -16,19 +16,6 @@ RTOL = 2e-5  # tighter than the fp32 table's 1e-4: one fp32 pass with our own ex
 
 def assert_close_rel(actual, expected, rtol, name):
     assert_close(actual, expected, torch.float32, name, rtol=rtol)
-
-
-def compare_with_reference(inputs, rtol=RTOL, **kwargs):
-    """out, last_state and every gradient of the numba backend against the fp32 reference."""
-    ref_out, ref_last, ref_grads = run_with_grads(selective_scan_ref, upcast(inputs), **kwargs)
-    out, last, grads = run_with_grads(selective_scan, inputs, backend="numba", **kwargs)
-    assert out.dtype == inputs["u"].dtype and last.dtype == torch.float32
-    assert_close_rel(out, ref_out, rtol, "out")
-    assert_close_rel(last, ref_last, rtol, "last_state")
-    assert grads.keys() == ref_grads.keys()
-    for name in ref_grads:
-        assert grads[name].dtype == inputs[name].dtype, name
-        assert_close_rel(grads[name], ref_grads[name], rtol, f"grad {name}")
 
 
 NUMBA_CASES = dict(CASES)
@@ -48,7 +35,7 @@ def test_numba_backend_matches_reference(case):
     scale = kwargs.pop("delta_scale", None)
     if scale is not None:  # pre-activations above 20, where softplus is the identity
         inputs["delta"] = inputs["delta"].abs() * scale
-    compare_with_reference(inputs, **kwargs)
+    compare_with_reference("numba", inputs, rtol=RTOL, **kwargs)
 
 
 def test_auto_picks_numba_on_cpu_and_matches():

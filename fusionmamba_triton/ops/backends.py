@@ -47,23 +47,27 @@ def check_backend_name(backend: str) -> str:
     return backend
 
 
-def resolve_backend(backend: str, device: torch.device, has_cpu_kernel: bool = False) -> str:
-    """Map a backend name to "reference", "torch", "numba" or "triton" for tensors on `device`.
+def resolve_backend(backend: str, device: torch.device, has_cpu_kernel: bool = False,
+                    dtype: torch.dtype | None = None) -> str:
+    """Map a backend name to "reference", "torch", "numba" or "triton" for tensors of `dtype` on `device`.
 
     "auto" picks triton for CUDA tensors (when triton is installed), the op's compiled CPU kernel ("numba")
-    for CPU tensors when the op has one (`has_cpu_kernel`) and numba is installed, and torch otherwise.
-    "numba" on an op without a CPU kernel means its torch path.
+    for CPU tensors when the op has one (`has_cpu_kernel`), numba is installed and the tensors are not
+    float64 (the numba kernels compute in fp32), and torch otherwise. "numba" on an op without a CPU
+    kernel means its torch path.
     """
     check_backend_name(backend)
     if backend == "auto":
         if device.type == "cuda" and triton_available():
             return "triton"
-        if device.type == "cpu" and has_cpu_kernel and numba_available():
+        if device.type == "cpu" and has_cpu_kernel and numba_available() and dtype != torch.float64:
             return "numba"
         return "torch"
     if backend == "numba":
         if not has_cpu_kernel:
             return "torch"
+        if dtype == torch.float64:
+            raise TypeError("the numba backend computes in float32; use backend='torch' or 'reference' for float64")
         if device.type != "cpu":
             raise RuntimeError(f"numba backend runs on CPU tensors, got tensors on {device}; use backend='auto'")
         if not numba_available():

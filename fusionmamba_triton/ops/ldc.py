@@ -222,9 +222,5 @@ def ldc_conv2d(x, weight, base_mask, learnable_mask, theta, backend="auto"):
     _check_inputs(x, weight, base_mask, learnable_mask, theta)
     if backend == "triton" and x.dtype not in TRITON_DTYPES:  # before resolving: a dtype error wins on any device
         raise TypeError(f"the triton backend takes float32/float16/bfloat16 x, got {x.dtype}; use backend='torch'")
-    impl = resolve_backend(backend, x.device, has_cpu_kernel=True)
-    if impl == "numba" and x.dtype == torch.float64:
-        if backend == "numba":
-            raise TypeError("the numba backend modulates the weight in float32; use backend='torch' for float64")
-        impl = "torch"
-    return _ldc_conv2d_op(x, weight, base_mask, learnable_mask, theta.reshape(1), impl)
+    backend = resolve_backend(backend, x.device, has_cpu_kernel=True, dtype=x.dtype)
+    return _ldc_conv2d_op(x, weight, base_mask, learnable_mask, theta.reshape(1), backend)

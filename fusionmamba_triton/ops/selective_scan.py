@@ -343,11 +343,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     CPU inputs to "torch".
     """
     check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, discretization)
-    impl = resolve_backend(backend, u.device, has_cpu_kernel=True)
-    if impl == "numba" and u.dtype == torch.float64:
-        if backend == "numba":
-            raise TypeError("the numba backend computes in float32; use backend='torch' or 'reference' for float64")
-        impl = "torch"
+    impl = resolve_backend(backend, u.device, has_cpu_kernel=True, dtype=u.dtype)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     out, last, _ = selective_scan_op(*tensors, bool(delta_softplus), discretization, impl, save_states)

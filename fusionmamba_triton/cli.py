@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .baselines import BASELINES
 from .data import TASKS, find_pairs, find_task_dirs, list_images
+from .errors import CLIError, describe_error
 from .files import atomic_write
 from .imaging import IMAGE_EXTENSIONS, load_image, max_image_pixels, set_max_image_pixels
 from .inference import AUTOCAST_DTYPES, COLOUR_SOURCES
@@ -39,29 +40,6 @@ from .model import PRESETS
 from .ops import BACKENDS
 
 METHODS = ("model",) + BASELINES
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 1."""
-
-
-def describe_error(exc: BaseException, paths=()) -> str:
-    """One line for a failure: its message (with the exception type when that is not self-explanatory),
-    prefixed with the files involved unless the message already names one."""
-    import torch
-
-    text = str(exc).strip()
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        message = "out of GPU memory; fuse in tiles with e.g. --tile 512"
-    elif isinstance(exc, MemoryError) or "can't allocate memory" in text:
-        message = "out of memory; fuse in tiles with e.g. --tile 512"
-    else:
-        message = text.splitlines()[0] if text else ""
-        if not isinstance(exc, (CLIError, ValueError, OSError)):
-            message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    if paths and not any(str(p) in message for p in paths):
-        message = f"{' + '.join(str(p) for p in paths)}: {message}"
-    return message
 
 
 class PairFailures:

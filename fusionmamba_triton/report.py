@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import describe_error
 from .files import atomic_write
 from .imaging import load_image, save_image
 
@@ -100,11 +101,7 @@ def compare(pairs, fusers: dict[str, Callable], metrics=DEFAULT_METRICS, convent
                 scores[method] = score(a, b, fused, metrics, convention)
                 thumbs[method] = thumbnail(fused, thumb_height)
         except (ValueError, torch.cuda.OutOfMemoryError) as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                message = "out of GPU memory; fuse in tiles with e.g. --tile 512"
-            if str(a_path) not in message and str(b_path) not in message:
-                message = f"{a_path} + {b_path}: {message}"
+            message = describe_error(exc, (a_path, b_path))
             failures[name] = message
             if on_error is not None:
                 on_error(message)

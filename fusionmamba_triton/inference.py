@@ -181,7 +181,7 @@ def _resolve_autocast(autocast_dtype):
 def check_tiling(tile: int, overlap: int | None, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
     """Validate a tile size and overlap; returns (tile, overlap) with the default overlap filled in.
 
-    The overlap is capped at half a tile: beyond that every pixel would be computed more than four
+    The overlap may be at most half a tile: beyond that every pixel would be computed more than four
     times (tile=32, overlap=31 on 100 x 100 made 97 x 97 tiles).
     """
     if not _is_integer(tile) or tile <= 0 or tile % multiple:
@@ -225,7 +225,7 @@ def fuse(
     progress: show a bar over the tiles on stderr when a tiled run takes more than 2 seconds.
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module such as FusionMamba.from_pretrained('small') "
+        raise TypeError(f"model must be a torch.nn.Module such as FusionMamba.from_pretrained('ir-vis-medium') "
                         f"or load_model(...), got {type(model).__name__}")
     autocast_dtype = _resolve_autocast(autocast_dtype)
     multiple = getattr(model, "size_multiple", SIZE_MULTIPLE)

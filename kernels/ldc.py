@@ -196,16 +196,21 @@ def _capped(config: dict, caps: dict) -> dict:
     return {key: min(value, caps[key]) if key in caps else value for key, value in config.items()}
 
 
+def _capped_configs(configs: list[dict], caps: dict) -> list[dict]:
+    """`configs` with their blocks capped by `caps`, duplicates dropped (first kept, order kept)."""
+    return list({tuple(sorted(c.items())): c for c in (_capped(c, caps) for c in configs)}.values())
+
+
 def conv_configs(c_in: int, c_out: int) -> list[dict]:
     """LDC_CONV_CONFIGS with channel blocks capped to the channel counts (K = c_in, N = c_out), deduplicated."""
-    caps = {"BLOCK_N": ldc_channel_block(c_out, 256), "BLOCK_K": ldc_channel_block(c_in, 256)}
-    return list({tuple(sorted(c.items())): c for c in (_capped(c, caps) for c in LDC_CONV_CONFIGS)}.values())
+    return _capped_configs(LDC_CONV_CONFIGS, {"BLOCK_N": ldc_channel_block(c_out, 256),
+                                              "BLOCK_K": ldc_channel_block(c_in, 256)})
 
 
 def grad_weight_configs(c_in: int, c_out: int) -> list[dict]:
     """LDC_GRAD_WEIGHT_CONFIGS with channel blocks capped to the channel counts, deduplicated."""
-    caps = {"BLOCK_O": ldc_channel_block(c_out, 256), "BLOCK_I": ldc_channel_block(c_in, 256)}
-    return list({tuple(sorted(c.items())): c for c in (_capped(c, caps) for c in LDC_GRAD_WEIGHT_CONFIGS)}.values())
+    return _capped_configs(LDC_GRAD_WEIGHT_CONFIGS, {"BLOCK_O": ldc_channel_block(c_out, 256),
+                                                     "BLOCK_I": ldc_channel_block(c_in, 256)})
 
 
 def _meta(config: dict) -> dict:

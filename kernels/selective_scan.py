@@ -325,18 +325,22 @@ def _triton_configs(configs, dstate: int) -> list:
                           num_warps=c["num_warps"], maxnreg=register_budget(c["num_warps"])) for c in configs]
 
 
+# Each launch kind: its kernel and the config list it is tuned over (the first is the default).
+_KINDS = {"infer": (_selective_scan_fwd_kernel, SCAN_FWD_INFER_CONFIGS),
+          "train": (_selective_scan_fwd_kernel, SCAN_FWD_TRAIN_CONFIGS),
+          "bwd": (_selective_scan_bwd_kernel, SCAN_BWD_CONFIGS)}
+
+
 @functools.lru_cache(maxsize=None)
 def _tuned(kind: str, dstate: int):
     """The triton.autotune wrapper of one kernel over its config list (one per kind and block_n)."""
-    kernel, configs = {"infer": (_selective_scan_fwd_kernel, SCAN_FWD_INFER_CONFIGS),
-                       "train": (_selective_scan_fwd_kernel, SCAN_FWD_TRAIN_CONFIGS),
-                       "bwd": (_selective_scan_bwd_kernel, SCAN_BWD_CONFIGS)}[kind]
+    kernel, configs = _KINDS[kind]
     return triton.autotune(configs=_triton_configs(configs, dstate), key=["dim", "length"])(kernel)
 
 
-def _launch(kind: str, kernel, grid_fn, args: tuple, flags: dict, dstate: int, config: dict | None) -> None:
-    """Run `kernel` with `config` (a dict from kernels/configs.py), the autotuner, or the default config."""
-    configs = {"infer": SCAN_FWD_INFER_CONFIGS, "train": SCAN_FWD_TRAIN_CONFIGS, "bwd": SCAN_BWD_CONFIGS}[kind]
+def _launch(kind: str, grid_fn, args: tuple, flags: dict, dstate: int, config: dict | None) -> None:
+    """Run the kind's kernel with `config` (a dict from kernels/configs.py), the autotuner, or the default config."""
+    kernel, configs = _KINDS[kind]
     if config is None and autotune_enabled():
         _tuned(kind, dstate)[lambda meta: grid_fn(meta["BLOCK_D"])](*args, **flags)
         return
@@ -389,7 +393,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     flags = dict(B_CONST=b_const, C_CONST=c_const, HAS_D=D is not None, HAS_Z=z is not None,
                  HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), ZOH=discretization == "zoh",
                  STORE_STATES=bool(save_states), STATE_CHUNK=STATE_CHUNK, BLOCK_N=scan_block_n(dstate))
-    _launch("train" if save_states else "infer", _selective_scan_fwd_kernel,
+    _launch("train" if save_states else "infer",
             lambda block_d: (batch, triton.cdiv(dim, block_d)), args, flags, dstate, config)
     return out, last, states
 
@@ -427,7 +431,7 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, chunk_s
                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  HAS_DLAST=dlast is not None, SOFTPLUS=bool(delta_softplus), ZOH=discretization == "zoh",
                  BLOCK_N=scan_block_n(dstate))
-    _launch("bwd", _selective_scan_bwd_kernel, lambda bd: (batch, triton.cdiv(dim, bd)), args, flags, dstate, config)
+    _launch("bwd", lambda bd: (batch, triton.cdiv(dim, bd)), args, flags, dstate, config)
 
     def reduce_bc(grad, const, groups, shape):
         if const:

@@ -23,26 +23,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the benchmarks package
+
 IMPLEMENTATIONS = ("sequential", "torch", "numba")
-
-
-def sequential_baseline(u, delta, A, B, C, D, delta_bias):
-    """Grouped B/C (batch, G, N, L), delta_bias, softplus, D skip; fp32; one step per time step."""
-    import torch
-    import torch.nn.functional as F
-
-    batch, dim, length = u.shape
-    delta = F.softplus(delta + delta_bias[None, :, None])
-    B = B.repeat_interleave(dim // B.shape[1], dim=1)
-    C = C.repeat_interleave(dim // C.shape[1], dim=1)
-    decay = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-    drive = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
-    state = u.new_zeros(batch, dim, A.shape[1])
-    ys = []
-    for t in range(length):
-        state = decay[:, :, t] * state + drive[:, :, t]
-        ys.append(torch.einsum("bdn,bdn->bd", state, C[:, :, :, t]))
-    return torch.stack(ys, dim=2) + D[None, :, None] * u
 
 
 def model_inputs(batch=1, groups=4, dim=192, length=1024, dstate=16, seed=0):
@@ -67,6 +50,7 @@ def measure(impl: str, threads: int, args) -> dict:
     """Time one implementation in this process: forward and (unless --forward-only) forward+backward."""
     import torch
 
+    from benchmarks.bench_kernels import sequential_scan
     from fusionmamba_triton.ops.selective_scan import selective_scan
 
     torch.set_num_threads(threads)
@@ -87,7 +71,7 @@ def measure(impl: str, threads: int, args) -> dict:
 
     def run(*tensors):
         if impl == "sequential":
-            return sequential_baseline(*tensors)
+            return sequential_scan(*tensors)
         u, delta, A, B, C, D, bias = tensors
         return selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, backend=impl)
 

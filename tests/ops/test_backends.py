@@ -52,50 +52,46 @@ def _run(script: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_package_runs_without_triton():
-    """With triton not installed, the package imports and runs on the CPU, and asking for the
-    triton backend says what is missing.
+def _assert_runs_without(package: str, resolve_call: str, checks: str = "") -> None:
+    """CPU_SESSION in a fresh interpreter where `package` is absent, then `checks`; `resolve_call` (asking
+    for the backend that needs the package) must raise a RuntimeError naming the package.
 
-    sys.modules["triton"] = None is how Python marks a module as absent: `import triton` raises
-    ModuleNotFoundError and importlib.util.find_spec("triton") returns None. Unlike a meta-path
-    hook that raises, it leaves `import torch` working on torch versions that probe for triton
-    while they are imported (2.14 does).
+    sys.modules[package] = None is how Python marks a module as absent: importing it raises
+    ModuleNotFoundError and importlib.util.find_spec returns None. Unlike a meta-path hook that
+    raises, it leaves `import torch` working on torch versions that probe for triton while they are
+    imported (2.14 does).
     """
-    script = """
+    script = f"""
 import sys
-sys.modules["triton"] = None
-""" + CPU_SESSION + """
+sys.modules["{package}"] = None
+""" + CPU_SESSION + f"""
 from fusionmamba_triton.ops.backends import resolve_backend
+{checks}
 try:
-    resolve_backend("triton", torch.device("cpu"))
+    {resolve_call}
 except RuntimeError as err:
-    assert "triton package" in str(err), err
+    assert "{package} package" in str(err), err
 else:
-    raise AssertionError("triton backend resolved without triton")
+    raise AssertionError("{package} backend resolved without {package}")
 """
     result = _run(script)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_package_runs_without_triton():
+    """With triton not installed, the package imports and runs on the CPU, and asking for the
+    triton backend says what is missing."""
+    _assert_runs_without("triton", 'resolve_backend("triton", torch.device("cpu"))')
 
 
 def test_package_runs_without_numba():
-    """Without numba, "auto" falls back to the pure-PyTorch scan on CPUs and the explicit backend says why."""
-    script = """
-import sys
-sys.modules["numba"] = None
-""" + CPU_SESSION + """
-from fusionmamba_triton.ops.backends import resolve_backend
+    """Without numba, "auto" falls back to the pure-PyTorch scan and LDC on CPUs, the numba kernels are
+    never imported, and the explicit backend says why."""
+    _assert_runs_without("numba", 'resolve_backend("numba", torch.device("cpu"), has_cpu_kernel=True)', checks="""
 assert resolve_backend("auto", torch.device("cpu"), has_cpu_kernel=True) == "torch"
 assert "fusionmamba_triton.kernels.selective_scan_cpu" not in sys.modules
 assert "fusionmamba_triton.kernels.ldc_cpu" not in sys.modules
-try:
-    resolve_backend("numba", torch.device("cpu"), has_cpu_kernel=True)
-except RuntimeError as err:
-    assert "numba package" in str(err), err
-else:
-    raise AssertionError("numba backend resolved without numba")
-"""
-    result = _run(script)
-    assert result.returncode == 0, result.stderr[-3000:]
+""")
 
 
 def test_cpu_paths_never_load_the_triton_kernels():

@@ -9,7 +9,8 @@ or "auto": as many as there are idle cores, what the commands do by default) run
 subprocess with the same seed, weights and inputs, so its peak memory is its own: on CPU the growth of
 the process's max RSS, on CUDA torch.cuda.max_memory_allocated above what was allocated before. The
 time is the median of `--runs` passes after `--warmup` untimed ones ("reference" gets
-`--reference-runs` and no warm-up: it is slow). Forward passes run under torch.inference_mode; a
+`--reference-runs` and no warm-up: it is slow). Forward passes run under torch.inference_mode inside
+model.frozen(), as `fusionmamba fuse` runs them (each LDC's modulated weight is built once); a
 training step is forward, the paper loss, backward and an Adam step. The table gives each time
 relative to the first configuration and to the reference, and the output difference from the first
 fp32 configuration in grey levels (0-255) on the clipped output. `--load N` keeps N other processes
@@ -18,6 +19,7 @@ busy during the measurements, to show what threads do on a shared machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -89,7 +91,7 @@ def measure(args, config: str, output_path: str) -> dict:
             torch.cuda.synchronize()
 
     times = []
-    with torch.inference_mode(not train):
+    with torch.inference_mode(not train), (contextlib.nullcontext() if train else model.frozen()):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()

@@ -282,7 +282,7 @@ def cmd_fuse(args) -> int:
     colour_source = args.colour_source or (TASKS[args.task].colour_source if args.task else "auto")
 
     if args.method == "model":
-        from .inference import fuse, load_model
+        from .inference import frozen, fuse, load_model
 
         device = _device(args.device)
         _set_threads(args)
@@ -309,9 +309,10 @@ def cmd_fuse(args) -> int:
     failures = PairFailures("fuse")
     if not single:
         failures.report_unmatched(unmatched, a_dir, b_dir)
-    for stem, a_path, b_path, out_path in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
-        with failures.pair(stem, a_path, b_path):
-            save_image(out_path, fuser(load_image(a_path), load_image(b_path)))
+    with frozen(model) if args.method == "model" else contextlib.nullcontext():  # one modulated LDC weight for all pairs
+        for stem, a_path, b_path, out_path in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
+            with failures.pair(stem, a_path, b_path):
+                save_image(out_path, fuser(load_image(a_path), load_image(b_path)))
     total = len(jobs) + len(unmatched)
     if failures.failed and total > 1:
         print(f"fusionmamba fuse: {len(failures.failed)} of {total} pairs failed", file=sys.stderr)

@@ -257,7 +257,13 @@ def fuse(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with frozen(model), torch.inference_mode():
             return fuse_luma(run_model, a, b, colour_source)
     finally:
         model.train(was_training)
+
+
+def frozen(model: torch.nn.Module):
+    """model.frozen() for a FusionMamba (weights taken as constants, see there), else a no-op context."""
+    freeze = getattr(model, "frozen", None)
+    return freeze() if callable(freeze) else contextlib.nullcontext()

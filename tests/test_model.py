@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fusionmamba_triton.layers import CMFM, LDC, SS2D
+from fusionmamba_triton.layers.common import Linear
 from fusionmamba_triton.model import PRESETS, FusionMamba, infer_config
 from tests.helpers import TINY
 
@@ -91,6 +92,46 @@ def test_batch_items_are_independent():
         both = model(x1, x2)
         second = model(x1[1:], x2[1:])
     torch.testing.assert_close(both[1:], second, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+def test_frozen_model_gives_identical_outputs_and_builds_each_ldc_weight_once(backend, precision):
+    model = tiny_model(backend=backend).eval()
+    with torch.no_grad():  # a trained-looking LDC: the modulation changes the centre tap
+        for module in model.modules():
+            if isinstance(module, LDC):
+                module.learnable_mask.uniform_(0.5, 1.5)
+    x1, x2 = image_pair(64, 96)
+    ldcs = [m for m in model.modules() if isinstance(m, LDC)]
+    unused_ldcs = [m for m in model.Cross_block[0].modules() if isinstance(m, LDC)]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        expected = model(x1, x2)
+        with model.frozen():
+            first = model(x1, x2)
+            cached = [dict(m.frozen_cache) for m in ldcs]
+            # one W' per LDC that ran (Cross_block[0] never runs: the official decoder skips it)
+            assert sorted(len(c) for c in cached) == [0] * len(unused_ldcs) + [1] * (len(ldcs) - len(unused_ldcs))
+            with model.frozen():  # nested: the outer block's weights are kept
+                second = model(x1, x2)
+            assert all(m.frozen_cache[k] is c[k] for m, c in zip(ldcs, cached) for k in c)
+            # matrix-product weights are kept cast only under autocast
+            linear_keys = {k for m in model.modules() if isinstance(m, Linear) for k in m.frozen_cache}
+            assert linear_keys == ({("weight", torch.bfloat16), ("bias", torch.bfloat16)} if precision == "bf16" else set())
+    assert all(m.frozen_cache is None for m in model.modules() if hasattr(m, "frozen_cache"))
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+
+
+def test_frozen_model_still_trains_with_autograd_on():
+    """With gradients enabled the frozen cache is bypassed: LDC weights get their gradients."""
+    model = tiny_model().train()
+    x1, x2 = image_pair(64, 64)
+    with model.frozen():
+        model(x1, x2).mean().backward()
+        assert all(m.frozen_cache == {} for m in model.modules() if isinstance(m, LDC))
+    ldc = next(m for m in model.modules() if isinstance(m, LDC))
+    assert ldc.conv.weight.grad is not None and ldc.learnable_mask.grad is not None
 
 
 # ---------------------------------------------------------------- training

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm
+from .common import LayerNorm, Linear
 
 
 class ECA(nn.Module):
@@ -38,8 +38,8 @@ class BiAttn(nn.Module):
         super().__init__()
         reduced = int(channels * act_ratio)
         self.norm = LayerNorm(channels)
-        self.global_reduce = nn.Linear(channels, reduced)
-        self.channel_select = nn.Linear(reduced, channels)
+        self.global_reduce = Linear(channels, reduced)
+        self.channel_select = Linear(reduced, channels)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """(B, h, w, C) -> the gate (B, 1, 1, C)."""

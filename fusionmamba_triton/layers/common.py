@@ -1,4 +1,5 @@
-"""Small pieces shared by the layers: a LayerNorm computed in fp32, autocast switched off, stochastic depth."""
+"""Small pieces shared by the layers: a LayerNorm computed in fp32, a Linear whose autocast casts can be
+kept, autocast switched off, stochastic depth."""
 from __future__ import annotations
 
 import contextlib
@@ -22,6 +23,35 @@ class LayerNorm(nn.LayerNorm):
         out = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
         param = self.weight if self.weight is not None else x
         return out.to(torch.promote_types(x.dtype, param.dtype))
+
+
+def frozen_cast(module: nn.Module, name: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """`tensor`, a parameter of `module`, as autocast casts it for a matrix product, cast once per
+    FusionMamba.frozen() block and kept in module.frozen_cache; `tensor` itself unless the module is
+    frozen, autograd is off and autocast is on for its device (then the product is the same either way)."""
+    cache = module.frozen_cache
+    if cache is None or tensor is None or torch.is_grad_enabled():
+        return tensor
+    device = tensor.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return tensor
+    dtype = torch.get_autocast_dtype(device)
+    key = (name, dtype)
+    if key not in cache:
+        cache[key] = tensor.detach().to(dtype)
+    return cache[key]
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and checkpoint keys) whose autocast casts of weight and bias are made once
+    per FusionMamba.frozen() block instead of on every call (frozen_cast)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frozen_cache: dict | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, frozen_cast(self, "weight", self.weight), frozen_cast(self, "bias", self.bias))
 
 
 def autocast_disabled(device_type: str):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ECA
-from .common import LayerNorm
+from .common import LayerNorm, Linear, frozen_cast
 from ..ops import check_backend_name
 from .essm import es2d_selective_scan, register_ssm_parameters
 from .ldc import LDC
@@ -71,24 +71,28 @@ class CMFM(nn.Module):
         self.gate = gate
         register_ssm_parameters(self, d_inner, math.ceil(d_model / 16), d_state)
         self.out_norm = LayerNorm(d_inner)
-        self.in_proj1 = nn.Linear(d_model, 2 * d_inner, bias=False)
-        self.in_proj2 = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.in_proj1 = Linear(d_model, 2 * d_inner, bias=False)
+        self.in_proj2 = Linear(d_model, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=3, padding=1, groups=d_inner, bias=True)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.backend = check_backend_name(backend)
+        self.frozen_cache: dict | None = None  # autocast casts of in_proj / x_proj / dt_projs (frozen_cast)
 
     def forward(self, n1: torch.Tensor, n2: torch.Tensor) -> torch.Tensor:
         d, batch = self.d_inner, n1.shape[0]
-        x1 = F.linear(n1, self.in_proj1.weight[:d])
-        x2 = F.linear(n2, self.in_proj2.weight[:d])
-        z1 = F.silu(F.linear(n1, self.in_proj1.weight[d:]))
-        z2 = F.silu(z1) if self.gate == "official" else F.silu(F.linear(n2, self.in_proj2.weight[d:]))
+        in_proj1 = frozen_cast(self, "in_proj1", self.in_proj1.weight)
+        in_proj2 = frozen_cast(self, "in_proj2", self.in_proj2.weight)
+        x1 = F.linear(n1, in_proj1[:d])
+        x2 = F.linear(n2, in_proj2[:d])
+        z1 = F.silu(F.linear(n1, in_proj1[d:]))
+        z2 = F.silu(z1) if self.gate == "official" else F.silu(F.linear(n2, in_proj2[d:]))
         # One call of the shared depthwise conv over both inputs, stacked along the batch.
         xs = F.silu(self.conv2d(torch.cat([x1, x2], dim=0).permute(0, 3, 1, 2)))
         x1, x2 = xs[:batch], xs[batch:]
         u = torch.addcmul(x1 + x2, x1, x2)
-        y = es2d_selective_scan(u, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias,
+        y = es2d_selective_scan(u, frozen_cast(self, "x_proj", self.x_proj_weight),
+                                frozen_cast(self, "dt_projs", self.dt_projs_weight), self.dt_projs_bias,
                                 self.A_logs, self.Ds, self.backend)
         y = self.out_norm(y)
         return self.dropout(self.out_proj(y * (z1 + z2)))

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import ECA, BiAttn
-from .common import DropPath, LayerNorm
+from .common import DropPath, LayerNorm, Linear
 from .essm import SS2D
 from .ldc import LDC
 from .patch import PatchExpand, PatchMerging
@@ -18,8 +18,8 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))

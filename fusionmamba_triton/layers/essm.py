@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm
+from .common import LayerNorm, Linear, frozen_cast
 
 from ..ops import es2d_merge, es2d_scan, selective_scan
 from ..ops import check_backend_name
@@ -82,19 +82,22 @@ class SS2D(nn.Module):
         self.d_inner = d_inner = expand * d_model
         register_ssm_parameters(self, d_inner, math.ceil(d_model / 16), d_state)
         self.out_norm = LayerNorm(d_inner)
-        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.in_proj = Linear(d_model, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=3, padding=1, groups=d_inner, bias=True)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.backend = check_backend_name(backend)
+        self.frozen_cache: dict | None = None  # autocast casts of in_proj / x_proj / dt_projs (frozen_cast)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.d_inner
+        in_proj = frozen_cast(self, "in_proj", self.in_proj.weight)
         # Two half-width matmuls instead of one and a split: both halves come out contiguous.
-        xc = F.linear(x, self.in_proj.weight[:d])
-        z = F.silu(F.linear(x, self.in_proj.weight[d:]))
+        xc = F.linear(x, in_proj[:d])
+        z = F.silu(F.linear(x, in_proj[d:]))
         xc = F.silu(self.conv2d(xc.permute(0, 3, 1, 2)))
-        y = es2d_selective_scan(xc, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias,
+        y = es2d_selective_scan(xc, frozen_cast(self, "x_proj", self.x_proj_weight),
+                                frozen_cast(self, "dt_projs", self.dt_projs_weight), self.dt_projs_bias,
                                 self.A_logs, self.Ds, self.backend)
         y = self.out_norm(y) * z
         return self.dropout(self.out_proj(y))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import LayerNorm
+from .common import LayerNorm, Linear
 
 
 class PatchEmbed(nn.Module):
@@ -26,7 +26,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         # `reduction` before `norm`: the checkpoint's key order.
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
         self.norm = LayerNorm(4 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ class PatchExpand(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.expand = nn.Linear(2 * dim, 4 * dim, bias=False)
+        self.expand = Linear(2 * dim, 4 * dim, bias=False)
         self.norm = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ class FinalPatchExpand(nn.Module):
     def __init__(self, dim: int, scale: int = 4):
         super().__init__()
         self.scale = scale
-        self.expand = nn.Linear(dim, scale * dim, bias=False)
+        self.expand = Linear(dim, scale * dim, bias=False)
         self.norm = LayerNorm(dim // scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

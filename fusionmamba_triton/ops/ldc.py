@@ -81,15 +81,26 @@ def _scratch_buffer(shape: torch.Size, memory_format: torch.memory_format) -> to
 
 def _modulated_weight(weight, base_mask, learnable_mask, theta, x, backend):
     """W' in x's dtype and the layout the convolution of x wants (so that it makes no copy)."""
-    memory_format = _memory_format(x)
+    return modulated_weight(weight, base_mask, learnable_mask, theta, x.dtype, ldc_memory_format(x), backend)
+
+
+def modulated_weight(weight, base_mask, learnable_mask, theta, dtype, memory_format, backend, scratch=True):
+    """W' (Co, Ci, 3, 3) in `dtype` and `memory_format`, computed as `backend`'s convolution computes it (so
+    rounding matches). scratch=False: a tensor of its own, never the numba backend's reused buffer."""
+    if backend == "reference":
+        return ldc_modulated_weight(weight, base_mask, learnable_mask, theta).to(dtype).contiguous(
+            memory_format=memory_format)
     if backend != "numba":
-        return _modulated_weight_torch(weight, base_mask, learnable_mask, theta, x.dtype, memory_format)
-    modulated = _scratch_buffer(weight.shape, memory_format)
+        return _modulated_weight_torch(weight, base_mask, learnable_mask, theta, dtype, memory_format)
+    if scratch:
+        modulated = _scratch_buffer(weight.shape, memory_format)
+    else:
+        modulated = torch.empty(weight.shape, dtype=torch.float32).contiguous(memory_format=memory_format)
     _cpu_kernels().ldc_modulate(weight, base_mask, learnable_mask, theta, modulated)
-    return modulated if x.dtype == torch.float32 else modulated.to(x.dtype)
+    return modulated if dtype == torch.float32 else modulated.to(dtype)
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
+def ldc_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The layout PyTorch's convolution gives its output for input x (channels-last stays channels-last)."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if channels_last else torch.contiguous_format
@@ -104,13 +115,13 @@ def _ldc_conv2d_op(x: torch.Tensor, weight: torch.Tensor, base_mask: torch.Tenso
         out = ldc_conv2d_ref(x, weight, base_mask, learnable_mask, theta)
     else:
         out = F.conv2d(x, _modulated_weight(weight, base_mask, learnable_mask, theta, x, backend), padding=1)
-    return out.contiguous(memory_format=_memory_format(x))
+    return out.contiguous(memory_format=ldc_memory_format(x))
 
 
 @_ldc_conv2d_op.register_fake
 def _(x, weight, base_mask, learnable_mask, theta, backend):
     batch, _, height, width = x.shape
-    return x.new_empty(batch, weight.shape[0], height, width).contiguous(memory_format=_memory_format(x))
+    return x.new_empty(batch, weight.shape[0], height, width).contiguous(memory_format=ldc_memory_format(x))
 
 
 def _modulation_backward_torch(grad_modulated, weight, base_mask, learnable_mask, theta):
@@ -142,7 +153,7 @@ def _ldc_conv2d_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: tor
     if backend == "triton":
         return _triton_kernels().ldc_conv2d_backward(grad_out, x, weight, base_mask, learnable_mask, theta)
     grad_x, *grad_params = _backward_cpu(grad_out, x, weight, base_mask, learnable_mask, theta, backend)
-    return (grad_x.contiguous(memory_format=_memory_format(x)), *(g.contiguous() for g in grad_params))
+    return (grad_x.contiguous(memory_format=ldc_memory_format(x)), *(g.contiguous() for g in grad_params))
 
 
 @_ldc_conv2d_backward_op.register_fake

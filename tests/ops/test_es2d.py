@@ -92,6 +92,25 @@ def test_merge_channels_last(backend, shape):
     torch.testing.assert_close(out, es2d_merge_ref(y, height, width).permute(0, 2, 3, 1), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [pytest.param((2, 19, 34, 32), id="L272_d19"), pytest.param((1, 8, 32, 66), id="L528_d8")])
+def test_torch_channels_last_paths_at_long_sequences(shape, dtype):
+    """The torch backend's channels-last gather and merge (pixel rows + 2D transposes, used from
+    MIN_ROWS_FOR_2D_TRANSPOSE steps on), forward and the merge's backward, exact."""
+    from fusionmamba_triton.ops.es2d import MIN_ROWS_FOR_2D_TRANSPOSE
+
+    batch, dim, height, width = shape
+    assert _seq_len(height, width) >= MIN_ROWS_FOR_2D_TRANSPOSE
+    x = _randn(batch, height, width, dim, dtype=dtype, device="cpu").permute(0, 3, 1, 2)
+    torch.testing.assert_close(es2d_scan(x, backend="torch"), es2d_scan_ref(x), rtol=0, atol=0)
+    y = _randn(batch, 4, dim, _seq_len(height, width), seed=5, dtype=dtype, device="cpu").requires_grad_()
+    out = es2d_merge(y, height, width, backend="torch", channels_last=True)
+    torch.testing.assert_close(out, es2d_merge_ref(y.detach(), height, width).permute(0, 2, 3, 1), rtol=0, atol=0)
+    grad = _randn(batch, height, width, dim, seed=6, dtype=dtype, device="cpu")
+    out.backward(grad)
+    torch.testing.assert_close(y.grad, es2d_scan_ref(grad.permute(0, 3, 1, 2)), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPE_PARAMS)
 def test_scan_then_merge_is_identity(backend, shape):

@@ -128,3 +128,25 @@ def test_numba_backend_rejects_other_devices():
     inputs = make_inputs()
     with pytest.raises(RuntimeError, match="CPU tensors"):
         selective_scan(**{k: None if v is None else v.to("meta") for k, v in inputs.items()}, backend="numba")
+
+
+def test_inline_exp_and_softplus_are_accurate_over_their_range():
+    """The kernels' own exp (2^k * polynomial) and softplus, compiled as the scan uses them, against float64."""
+    import numba
+    import numpy as np
+
+    @numba.njit(**selective_scan_cpu.JIT_FLAGS)
+    def apply(fn, xs, out):
+        for i in range(xs.shape[0]):
+            out[i] = fn(xs[i])
+
+    xs = np.linspace(-87.0, 88.0, 400_001, dtype=np.float32)
+    got = np.empty_like(xs)
+    apply(selective_scan_cpu._exp, xs, got)
+    expected = np.exp(xs.astype(np.float64))
+    assert np.max(np.abs(got - expected) / expected) < 3e-7
+
+    xs = np.linspace(-40.0, 40.0, 200_001, dtype=np.float32)
+    apply(selective_scan_cpu._softplus, xs, got[:xs.shape[0]])
+    expected = np.logaddexp(0.0, xs.astype(np.float64))
+    assert np.max(np.abs(got[:xs.shape[0]] - expected) / np.maximum(expected, 1e-30)) < 1e-6

@@ -190,7 +190,7 @@ class FusionMamba(nn.Module):
     def frozen(self):
         """Treat the weights as constants inside this block (inference over many images or tiles). With
         autograd off, each LDC builds its modulated weight once (on a CPU) instead of on every call, and under
-        autocast every matrix-product weight is cast to 16 bits once: about 8% of a base forward on a CPU.
+        autocast every matrix-product weight is cast to 16 bits once: about 10% of a base forward on a CPU.
         Outputs are identical; the kept weights cost memory (about 240 MB for `base` in fp32). Do not change
         the weights inside the block; nested blocks are fine.
 

@@ -72,11 +72,6 @@ def _check_floating(t: torch.Tensor, name: str) -> None:
 MIN_ROWS_FOR_2D_TRANSPOSE = 256
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """x (B, D, H, W) is a view of contiguous (B, H, W, D) memory."""
-    return x.permute(0, 2, 3, 1).is_contiguous()
-
-
 def _transpose_slices(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out[b, k] = src[b, k].T for (B, 4, m, n) src and (B, 4, n, m) out, one 2D copy per slice."""
     for b in range(src.shape[0]):
@@ -92,7 +87,7 @@ def _scan_torch(x: torch.Tensor) -> torch.Tensor:
     if height % 2 or width % 2:
         x = F.pad(x, (0, width % 2, 0, height % 2))
     h2, w2 = x.shape[2] // 2, x.shape[3] // 2
-    if _is_channels_last(x):
+    if x.is_contiguous(memory_format=torch.channels_last):  # a view of contiguous (B, H, W, D) memory
         rows = x.new_empty(batch, 4, h2 * w2, dim)  # each group's pixels in scan order, channels last
         groups = rows.view(batch, 2, 2, h2 * w2, dim)  # (b, col parity, row parity, l, d): k = 2c + r
         cells = x.permute(0, 2, 3, 1).unflatten(2, (w2, 2)).unflatten(1, (h2, 2))  # (b, i, r, j, c, d)

@@ -145,16 +145,26 @@ def _track_modules(model: nn.Module, stack: list[nn.Module]):
 
 @torch.no_grad()
 def count_flops(model: nn.Module, *inputs: torch.Tensor, **kwargs) -> FlopReport:
-    """Run `model(*inputs, **kwargs)` once and count its FLOPs (see the module docstring)."""
+    """Run `model(*inputs, **kwargs)` once and count its FLOPs (see the module docstring). Inside
+    FusionMamba.frozen() the kept weights are set aside for the count: packed oneDNN calls have no formula.
+    The model runs outside inference mode (grad mode kept): inference mode records no view bases, and the
+    breakdown finds a weight's module through them."""
     stack: list[nn.Module] = []
     handles = _track_modules(model, stack)
+    frozen = {m: m.frozen_cache for m in model.modules() if getattr(m, "frozen_cache", None) is not None}
     try:
+        for module in frozen:
+            module.frozen_cache = None
         counter = FlopCounterMode(display=False)
-        with counter, _ComponentCounter(stack, _weight_owners(model)) as components:
+        grad = torch.is_grad_enabled()
+        with torch.inference_mode(False), torch.set_grad_enabled(grad), counter, \
+                _ComponentCounter(stack, _weight_owners(model)) as components:
             model(*inputs, **kwargs)
     finally:
         for h in handles:
             h.remove()
+        for module, cache in frozen.items():
+            module.frozen_cache = cache
     total = int(counter.get_total_flops())
     by_component = dict(components.by_component)
     unfiled = total - sum(by_component.values())

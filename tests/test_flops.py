@@ -98,6 +98,16 @@ def test_flop_counter_matches_hand_count(tiny_model, size):
     assert report.total_flops == sum(got.values()) == sum(expected.values())  # nothing left uncounted
 
 
+def test_count_inside_frozen_is_the_plain_count(tiny_model):
+    x1, x2 = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+    expected = count_flops(tiny_model, x1, x2)
+    with torch.inference_mode(), tiny_model.frozen():
+        tiny_model(x1, x2)  # fills the caches: packed oneDNN weights on a CPU
+        got = count_flops(tiny_model, x1, x2)
+        assert any(m.frozen_cache for m in tiny_model.modules() if hasattr(m, "frozen_cache"))  # kept
+    assert got.by_component == expected.by_component and got.total_flops == expected.total_flops
+
+
 def test_hook_counter_misses_ldc_and_scan(tiny_model):
     x1, x2 = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
     report = count_flops(tiny_model, x1, x2)

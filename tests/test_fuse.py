@@ -32,6 +32,11 @@ def model():
     return FusionMamba(**TINY).eval()
 
 
+# fuse runs the model frozen (oneDNN matrix products with packed weights on a CPU): the same as a plain call up to
+# summation order
+FROZEN_ATOL = 1e-4
+
+
 def _images(height, width, seed=0):
     rng = np.random.default_rng(seed)
     return rng.random((height, width), dtype=np.float32), rng.random((height, width), dtype=np.float32)
@@ -54,14 +59,14 @@ def test_grey_pair_is_padded_by_reflection_and_cropped_back(model, height, width
     mode = "replicate" if height == 1 else "reflect"
     padded = [F.pad(torch.from_numpy(x)[None, None], (0, pad_w, 0, pad_h), mode=mode)[0, 0].numpy() for x in (a, b)]
     expected = _model_output(model, *padded)[:height, :width]
-    np.testing.assert_allclose(fused, expected, atol=1e-6)
+    np.testing.assert_allclose(fused, expected, atol=FROZEN_ATOL)
 
 
 def test_matches_padded_model_call(model):
     a, b = _images(32, 64)
     with torch.no_grad():
         expected = model(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]).clamp(0, 1)[0, 0].numpy()
-    np.testing.assert_allclose(fuse(model, a, b), expected, atol=1e-6)
+    np.testing.assert_allclose(fuse(model, a, b), expected, atol=FROZEN_ATOL)
 
 
 def test_colour_visible_301x496_keeps_size_and_chroma():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ECA
-from .common import LayerNorm, Linear, frozen_cast
+from .common import LayerNorm, Linear, frozen_cast, frozen_linear
 from ..ops import check_backend_name
 from .essm import es2d_selective_scan, register_ssm_parameters
 from .ldc import LDC
@@ -77,16 +77,17 @@ class CMFM(nn.Module):
         self.out_proj = Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.backend = check_backend_name(backend)
-        self.frozen_cache: dict | None = None  # autocast casts of in_proj / x_proj / dt_projs (frozen_cast)
+        self.frozen_cache: dict | None = None  # in_proj packed / cast (frozen_linear), x_proj / dt_projs cast (frozen_cast)
 
     def forward(self, n1: torch.Tensor, n2: torch.Tensor) -> torch.Tensor:
         d, batch = self.d_inner, n1.shape[0]
-        in_proj1 = frozen_cast(self, "in_proj1", self.in_proj1.weight)
-        in_proj2 = frozen_cast(self, "in_proj2", self.in_proj2.weight)
-        x1 = F.linear(n1, in_proj1[:d])
-        x2 = F.linear(n2, in_proj2[:d])
-        z1 = F.silu(F.linear(n1, in_proj1[d:]))
-        z2 = F.silu(z1) if self.gate == "official" else F.silu(F.linear(n2, in_proj2[d:]))
+        x1 = frozen_linear(self, "in_proj1_x", n1, self.in_proj1.weight[:d])
+        x2 = frozen_linear(self, "in_proj2_x", n2, self.in_proj2.weight[:d])
+        z1 = F.silu(frozen_linear(self, "in_proj1_z", n1, self.in_proj1.weight[d:]))
+        if self.gate == "official":
+            z2 = F.silu(z1)
+        else:
+            z2 = F.silu(frozen_linear(self, "in_proj2_z", n2, self.in_proj2.weight[d:]))
         # One call of the shared depthwise conv over both inputs, stacked along the batch.
         xs = F.silu(self.conv2d(torch.cat([x1, x2], dim=0).permute(0, 3, 1, 2)))
         x1, x2 = xs[:batch], xs[batch:]

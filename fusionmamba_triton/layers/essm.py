@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm, Linear, frozen_cast
+from .common import LayerNorm, Linear, frozen_cast, frozen_linear
 
 from ..ops import es2d_merge, es2d_scan, selective_scan
 from ..ops import check_backend_name
@@ -87,14 +87,13 @@ class SS2D(nn.Module):
         self.out_proj = Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.backend = check_backend_name(backend)
-        self.frozen_cache: dict | None = None  # autocast casts of in_proj / x_proj / dt_projs (frozen_cast)
+        self.frozen_cache: dict | None = None  # in_proj packed / cast (frozen_linear), x_proj / dt_projs cast (frozen_cast)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.d_inner
-        in_proj = frozen_cast(self, "in_proj", self.in_proj.weight)
         # Two half-width matmuls instead of one and a split: both halves come out contiguous.
-        xc = F.linear(x, in_proj[:d])
-        z = F.silu(F.linear(x, in_proj[d:]))
+        xc = frozen_linear(self, "in_proj_x", x, self.in_proj.weight[:d])
+        z = F.silu(frozen_linear(self, "in_proj_z", x, self.in_proj.weight[d:]))
         xc = F.silu(self.conv2d(xc.permute(0, 3, 1, 2)))
         y = es2d_selective_scan(xc, frozen_cast(self, "x_proj", self.x_proj_weight),
                                 frozen_cast(self, "dt_projs", self.dt_projs_weight), self.dt_projs_bias,

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..ops import check_backend_name, ldc_conv2d, resolve_backend
 from ..ops.ldc import ldc_memory_format, modulated_weight
+from .common import onednn_dtype
 
 
 class LDC(nn.Module):
@@ -18,7 +19,8 @@ class LDC(nn.Module):
 
     Frozen (FusionMamba.frozen()): on a CPU with autograd off, the modulated weight W' is computed once per
     dtype and layout and reused; it depends on the parameters only, and building it reads every weight, which
-    costs as much as the convolution itself in the deep stages. On a GPU the Triton kernel fuses it anyway.
+    costs as much as the convolution itself in the deep stages; for channels-last inputs only W' packed for
+    oneDNN is kept, per input shape. On a GPU the Triton kernel fuses the modulation anyway.
     """
 
     def __init__(self, in_channels: int, out_channels: int, backend: str = "auto"):
@@ -28,7 +30,7 @@ class LDC(nn.Module):
         self.learnable_theta = nn.Parameter(torch.full((1,), 0.5))
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
         self.backend = check_backend_name(backend)
-        self.frozen_cache: dict | None = None  # {(dtype, memory format): W'} while frozen, else None
+        self.frozen_cache: dict | None = None  # W' (or W' packed for oneDNN) while frozen, else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.frozen_cache is not None and x.device.type == "cpu" and not torch.is_grad_enabled():
@@ -41,12 +43,31 @@ class LDC(nn.Module):
         its convolution runs in (autocast's, when it is on): the same numbers as the op."""
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         memory_format = ldc_memory_format(x)
+        if memory_format == torch.channels_last and onednn_dtype(self, x, self.conv.weight) == dtype:
+            return self._onednn_conv(x.to(dtype))
         key = (dtype, memory_format)
         weight = self.frozen_cache.get(key)
         if weight is None:
-            backend = resolve_backend(self.backend, x.device, has_cpu_kernel=True, dtype=x.dtype)
-            with torch.no_grad():
-                weight = modulated_weight(self.conv.weight, self.base_mask, self.learnable_mask,
-                                          self.learnable_theta.reshape(1), dtype, memory_format, backend, scratch=False)
-            self.frozen_cache[key] = weight
+            weight = self.frozen_cache[key] = self._modulated_weight(x, dtype, memory_format)
         return F.conv2d(x, weight, padding=1).contiguous(memory_format=memory_format)
+
+    def _onednn_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """conv2d(x, W', padding=1) for channels-last x through oneDNN, with W' kept packed for x's shape and
+        dtype only (packing otherwise runs on every call: half the time of the 8x8 convolutions of `base`).
+        At the model's shapes F.conv2d calls the same oneDNN kernel, so the numbers are the same; a new input
+        shape builds and packs W' again."""
+        key = ("onednn", x.dtype)
+        shape, packed = self.frozen_cache.get(key, (None, None))
+        if shape != x.shape:
+            weight = self._modulated_weight(x, x.dtype, torch.channels_last)
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), [1, 1], [1, 1], [1, 1], 1,
+                                                                 list(x.shape))
+            self.frozen_cache[key] = (x.shape, packed)
+        out = torch.ops.mkldnn._convolution_pointwise(x, packed, None, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
+        return out.contiguous(memory_format=torch.channels_last)
+
+    def _modulated_weight(self, x: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_format):
+        backend = resolve_backend(self.backend, x.device, has_cpu_kernel=True, dtype=x.dtype)
+        with torch.no_grad():
+            return modulated_weight(self.conv.weight, self.base_mask, self.learnable_mask,
+                                    self.learnable_theta.reshape(1), dtype, memory_format, backend, scratch=False)

@@ -46,3 +46,31 @@ def test_ldc_accepts_channels_last_views():
     x_cl = torch.randn(2, 6, 5, 4)  # (B, h, w, C)
     y = ldc(x_cl.permute(0, 3, 1, 2))
     torch.testing.assert_close(y, expected_ldc(x_cl.permute(0, 3, 1, 2).contiguous(), ldc), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_frozen_ldc_packs_its_weight_per_input_shape_and_gives_identical_outputs(precision):
+    """Frozen on a CPU, a channels-last convolution runs through oneDNN with W' packed once per input shape (at the
+    model's shapes F.conv2d calls the same kernel; at these small ones it may sum in another order)."""
+    if precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no bf16 support in oneDNN")
+    torch.manual_seed(0)
+    ldc = LDC(24, 40, backend="torch")
+    with torch.no_grad():
+        ldc.learnable_mask.uniform_(0.5, 1.5)
+    small, large = (torch.randn(2, 7, 9, 24).permute(0, 3, 1, 2), torch.randn(1, 12, 10, 24).permute(0, 3, 1, 2))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        expected = [ldc(x) for x in (small, large, small)]
+        ldc.frozen_cache = {}
+        try:
+            got = []
+            for x in (small, large, small):
+                got.append(ldc(x))
+                assert ldc.frozen_cache[("onednn", dtype)][0] == x.shape  # packed for the last shape seen
+        finally:
+            ldc.frozen_cache = None
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype and g.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-5 if precision == "fp32" else 1e-2)

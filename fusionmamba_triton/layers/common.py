@@ -94,6 +94,14 @@ class Linear(nn.Linear):
         return frozen_linear(self, "weight", x, self.weight, self.bias)
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for `device_type`; False where autocast does not exist (e.g. "meta")."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def autocast_disabled(device_type: str):
     """A context with autocast off for `device_type`; a no-op where autocast does not exist (e.g. "meta")."""
     try:

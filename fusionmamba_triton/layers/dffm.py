@@ -77,7 +77,7 @@ class CMFM(nn.Module):
         self.out_proj = Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.backend = check_backend_name(backend)
-        self.frozen_cache: dict | None = None  # in_proj packed / cast (frozen_linear), x_proj / dt_projs cast (frozen_cast)
+        self.frozen_cache: dict | None = None  # in_proj packed or cast (frozen_linear), x_proj cast (frozen_cast)
 
     def forward(self, n1: torch.Tensor, n2: torch.Tensor) -> torch.Tensor:
         d, batch = self.d_inner, n1.shape[0]
@@ -93,7 +93,7 @@ class CMFM(nn.Module):
         x1, x2 = xs[:batch], xs[batch:]
         u = torch.addcmul(x1 + x2, x1, x2)
         y = es2d_selective_scan(u, frozen_cast(self, "x_proj", self.x_proj_weight),
-                                frozen_cast(self, "dt_projs", self.dt_projs_weight), self.dt_projs_bias,
+                                self.dt_projs_weight, self.dt_projs_bias,
                                 self.A_logs, self.Ds, self.backend)
         y = self.out_norm(y)
         return self.dropout(self.out_proj(y * (z1 + z2)))

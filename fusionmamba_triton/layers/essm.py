@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm, Linear, frozen_cast, frozen_linear
+from .common import LayerNorm, Linear, autocast_disabled, autocast_enabled, frozen_cast, frozen_linear
 
 from ..ops import es2d_merge, es2d_scan, selective_scan
 from ..ops import check_backend_name
@@ -42,8 +42,9 @@ def es2d_selective_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_w
                         backend: str = "auto") -> torch.Tensor:
     """ES2D gather -> per-group projections -> 4-group selective scan -> merge.
 
-    x: (B, D, h, w) channels-first (any strides); returns (B, h, w, D) in x's dtype, channels-last for
-    `out_norm`. The scan itself runs in fp32.
+    x: (B, D, h, w) channels-first (any strides); returns (B, h, w, D) channels-last for `out_norm`, in x's
+    dtype, or in fp32 under autocast (out_norm normalises in fp32: a cast down and back up would only round).
+    The step sizes (R multiply-adds each) and the scan itself run in fp32.
     """
     batch, d_inner, h, w = x.shape
     dt_rank = dt_projs_weight.shape[-1]
@@ -52,10 +53,11 @@ def es2d_selective_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_w
     length = xs.shape[-1]
     x_dbl = torch.matmul(x_proj_weight, xs)  # (B, 4, R + 2N, L'), W_x[k] @ xs_k per group
     dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
-    dts = torch.matmul(dt_projs_weight, dts)  # (B, 4, D, L'); the dt bias goes into the scan
+    with autocast_disabled(x.device.type):  # fp32 out: no (B, 4D, L') cast for the scan
+        dts = torch.matmul(dt_projs_weight.float(), dts.float())  # (B, 4, D, L'); the dt bias goes into the scan
     ys = selective_scan(
         xs.reshape(batch, NUM_GROUPS * d_inner, length).float(),
-        dts.reshape(batch, NUM_GROUPS * d_inner, length).float(),
+        dts.reshape(batch, NUM_GROUPS * d_inner, length),
         -torch.exp(A_logs.float()),
         Bs.float().contiguous(),
         Cs.float().contiguous(),
@@ -65,7 +67,7 @@ def es2d_selective_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_w
         backend=backend,
     )
     y = es2d_merge(ys.view(batch, NUM_GROUPS, d_inner, length), h, w, step=2, backend=backend, channels_last=True)
-    return y.to(x.dtype)
+    return y if autocast_enabled(x.device.type) else y.to(x.dtype)
 
 
 class SS2D(nn.Module):
@@ -87,7 +89,7 @@ class SS2D(nn.Module):
         self.out_proj = Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.backend = check_backend_name(backend)
-        self.frozen_cache: dict | None = None  # in_proj packed / cast (frozen_linear), x_proj / dt_projs cast (frozen_cast)
+        self.frozen_cache: dict | None = None  # in_proj packed or cast (frozen_linear), x_proj cast (frozen_cast)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.d_inner
@@ -96,7 +98,7 @@ class SS2D(nn.Module):
         z = F.silu(frozen_linear(self, "in_proj_z", x, self.in_proj.weight[d:]))
         xc = F.silu(self.conv2d(xc.permute(0, 3, 1, 2)))
         y = es2d_selective_scan(xc, frozen_cast(self, "x_proj", self.x_proj_weight),
-                                frozen_cast(self, "dt_projs", self.dt_projs_weight), self.dt_projs_bias,
+                                self.dt_projs_weight, self.dt_projs_bias,
                                 self.A_logs, self.Ds, self.backend)
         y = self.out_norm(y) * z
         return self.dropout(self.out_proj(y))

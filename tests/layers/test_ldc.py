@@ -50,7 +50,7 @@ def test_ldc_accepts_channels_last_views():
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_frozen_ldc_packs_its_weight_per_input_shape_and_gives_identical_outputs(precision):
+def test_frozen_ldc_packs_its_weight_per_input_shape_and_gives_the_same_outputs(precision):
     """Frozen on a CPU, a channels-last convolution runs through oneDNN with W' packed once per input shape (at the
     model's shapes F.conv2d calls the same kernel; at these small ones it may sum in another order)."""
     if precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():

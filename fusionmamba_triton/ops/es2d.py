@@ -107,17 +107,15 @@ def _merge_torch(y: torch.Tensor, height: int, width: int, channels_last: bool) 
     channels-last output through transposed (batch, group) slices when sequences are long."""
     batch, _, dim, _ = y.shape
     h2, w2 = (height + 1) // 2, (width + 1) // 2
-    if channels_last:
-        full = y.new_empty(batch, 2 * h2, 2 * w2, dim)
-        full_bdhw = full.permute(0, 3, 1, 2)
-    else:
-        full = full_bdhw = y.new_empty(batch, dim, 2 * h2, 2 * w2)
+    shape = (batch, 2 * h2, 2 * w2, dim) if channels_last else (batch, dim, 2 * h2, 2 * w2)
+    full = y.new_empty(shape)
     if channels_last and h2 * w2 >= MIN_ROWS_FOR_2D_TRANSPOSE:
         rows = _transpose_slices(y, y.new_empty(batch, 4, h2 * w2, dim)).view(batch, 2, 2, h2 * w2, dim)
         cells = full.unflatten(2, (w2, 2)).unflatten(1, (h2, 2))  # (b, i, r, j, c, d)
         cells[:, :, 0].permute(0, 3, 1, 2, 4).copy_(rows[:, :, 0].unflatten(2, (h2, w2)))
         cells[:, :, 1].permute(0, 3, 2, 1, 4).copy_(rows[:, :, 1].unflatten(2, (w2, h2)))
     else:
+        full_bdhw = full.permute(0, 3, 1, 2) if channels_last else full
         cells = full_bdhw.unflatten(3, (w2, 2)).unflatten(2, (h2, 2))
         groups = y.unflatten(1, (2, 2))
         cells[:, :, :, 0].permute(0, 4, 1, 2, 3).copy_(groups[:, :, 0].unflatten(-1, (h2, w2)))

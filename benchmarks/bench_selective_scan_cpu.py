@@ -6,7 +6,8 @@ precompute exp(ΔA) and Δ·B·u over (batch, D, L, N), then one PyTorch step pe
 (implementation, threads) pair runs in a fresh subprocess, so its peak memory (growth of max RSS) is its
 own. The table gives medians, the speed-up over the baseline at the same thread count, the max relative
 error against the baseline, and the numba kernels' first-call compile time (numba caches it on disk, so
-only a fresh install pays it: "cached" means it was loaded from that cache).
+only a fresh install pays it: "cached" means it was loaded from that cache). `--rounds R` runs the whole
+sequence R times, interleaved, and pools each row's passes (for machines whose speed drifts over minutes).
 
     python benchmarks/bench_selective_scan_cpu.py                   # base stage 0: 4 x 192 channels, L = 1024
     python benchmarks/bench_selective_scan_cpu.py --dim 768 --threads 1 2 --load 1   # with a busy core beside
@@ -92,7 +93,7 @@ def measure(impl: str, threads: int, args) -> dict:
             start = time.perf_counter()
             out = run(*inputs)
             times.append(time.perf_counter() - start)
-    result = {"impl": impl, "threads": threads, "forward_s": statistics.median(times), "compile_s": compile_s}
+    result = {"impl": impl, "threads": threads, "forward_times": times, "compile_s": compile_s}
     grads = None
     if not args.forward_only:
         times = []
@@ -100,7 +101,7 @@ def measure(impl: str, threads: int, args) -> dict:
             start = time.perf_counter()
             _, grads = fwd_bwd()
             times.append(time.perf_counter() - start)
-        result["fwd_bwd_s"] = statistics.median(times)
+        result["fwd_bwd_times"] = times
     result["peak_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     if impl == "numba":
         result["cached"] = cached
@@ -124,6 +125,7 @@ def main():
                         help="the first is the baseline")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline-repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats of the whole sequence")
     parser.add_argument("--forward-only", action="store_true")
     parser.add_argument("--load", type=int, default=0, help="busy processes to run beside the measurements")
     parser.add_argument("--json", help="also write the results here")
@@ -143,21 +145,33 @@ def main():
     busy = [multiprocessing.Process(target=_busy_loop, daemon=True) for _ in range(args.load)]
     for p in busy:
         p.start()
-    rows = []
+    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            for threads in args.threads:
-                for impl in args.impls:
-                    save = os.path.join(tmp, f"{impl}-{threads}.pt")
-                    argv = [a for a in sys.argv[1:] if a != "--worker"]
-                    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", impl, str(threads), "--save", save]
-                    proc = subprocess.run(cmd, capture_output=True, text=True)
-                    if proc.returncode != 0:
-                        print(f"{impl} ({threads} threads): failed\n{proc.stderr.strip()[-2000:]}")
-                        continue
-                    row = json.loads(proc.stdout.strip().splitlines()[-1])
-                    row["saved"] = torch.load(save)
-                    rows.append(row)
+            for _ in range(args.rounds):
+                for threads in args.threads:
+                    for impl in args.impls:
+                        save = os.path.join(tmp, f"{impl}-{threads}.pt")
+                        argv = [a for a in sys.argv[1:] if a != "--worker"]
+                        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", impl, str(threads),
+                               "--save", save]
+                        proc = subprocess.run(cmd, capture_output=True, text=True)
+                        if proc.returncode != 0:
+                            print(f"{impl} ({threads} threads): failed\n{proc.stderr.strip()[-2000:]}")
+                            continue
+                        row = json.loads(proc.stdout.strip().splitlines()[-1])
+                        pooled = rows.setdefault((threads, impl), dict(row, forward_times=[], fwd_bwd_times=[],
+                                                                       peak_mb=0.0))
+                        pooled["forward_times"] += row["forward_times"]
+                        pooled["fwd_bwd_times"] += row.get("fwd_bwd_times", [])
+                        pooled["peak_mb"] = max(pooled["peak_mb"], row["peak_mb"])
+                        pooled["saved"] = torch.load(save)
+            rows = [rows[key] for key in sorted(rows, key=lambda k: (args.threads.index(k[0]), args.impls.index(k[1])))]
+            for row in rows:
+                row["forward_s"] = statistics.median(row.pop("forward_times"))
+                fwd_bwd = row.pop("fwd_bwd_times")
+                if fwd_bwd:
+                    row["fwd_bwd_s"] = statistics.median(fwd_bwd)
         finally:
             for p in busy:
                 p.terminate()

@@ -14,7 +14,10 @@ model.frozen(), as `fusionmamba fuse` runs them (each LDC's modulated weight is 
 training step is forward, the paper loss, backward and an Adam step. The table gives each time
 relative to the first configuration and to the reference, and the output difference from the first
 fp32 configuration in grey levels (0-255) on the clipped output. `--load N` keeps N other processes
-busy during the measurements, to show what threads do on a shared machine.
+busy during the measurements, to show what threads do on a shared machine. `--rounds R` runs the
+whole sequence of subprocesses R times, interleaved, and pools each configuration's passes: on a
+machine whose speed drifts over minutes (a shared VM) the ratios then compare times taken side by side
+rather than minutes apart.
 """
 from __future__ import annotations
 
@@ -109,8 +112,7 @@ def measure(args, config: str, output_path: str) -> dict:
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     torch.save(out.detach().clamp(0, 1).cpu(), output_path)
-    return dict(config=config, threads=threads, median_s=statistics.median(times), min_s=min(times), runs=runs,
-                peak_mb=peak_mb)
+    return dict(config=config, threads=threads, times=times, peak_mb=peak_mb)
 
 
 def _busy_loop() -> None:
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reference-runs", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats of the whole sequence")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--load", type=int, default=0, help="busy processes to run beside the measurements")
     parser.add_argument("--json", help="also write the results here")
@@ -155,20 +158,28 @@ def main() -> None:
     busy = [multiprocessing.Process(target=_busy_loop, daemon=True) for _ in range(args.load)]
     for p in busy:
         p.start()
-    results, outputs = [], {}
+    results, outputs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            for i, config in enumerate(configs):
-                out_path = os.path.join(tmp, f"{i}.pt")
-                argv = [a for a in sys.argv[1:] if a != "--configs" and a not in configs]
-                cmd = [sys.executable, os.path.abspath(__file__), *argv, "--device", args.device,
-                       "--worker", config, out_path]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(f"{config}: failed\n{proc.stderr.strip()[-2000:]}")
-                    continue
-                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                outputs[config] = out_path
+            for _ in range(args.rounds):
+                for i, config in enumerate(configs):
+                    out_path = os.path.join(tmp, f"{i}.pt")
+                    argv = [a for a in sys.argv[1:] if a != "--configs" and a not in configs]
+                    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--device", args.device,
+                           "--worker", config, out_path]
+                    proc = subprocess.run(cmd, capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        print(f"{config}: failed\n{proc.stderr.strip()[-2000:]}")
+                        continue
+                    row = json.loads(proc.stdout.strip().splitlines()[-1])
+                    pooled = results.setdefault((i, config), dict(row, times=[], peak_mb=0.0))
+                    pooled["times"] += row["times"]
+                    pooled["peak_mb"] = max(pooled["peak_mb"], row["peak_mb"])
+                    outputs[config] = out_path
+            results = [results[key] for key in sorted(results)]
+            for r in results:
+                times = r.pop("times")
+                r.update(median_s=statistics.median(times), min_s=min(times), runs=len(times))
             import torch
 
             fp32 = next((r["config"] for r in results if ":fp32:" in r["config"]), None)

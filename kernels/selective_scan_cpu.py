@@ -293,14 +293,18 @@ def scan_bwd_kernel(zoh: bool, width: int):
 # ---------------------------------------------------------------------- launchers (torch tensors in and out)
 def _array(t, padded: int | None = None):
     """A C-contiguous fp32 numpy view of a CPU tensor (copied only when needed), its last dimension
-    zero-padded to `padded` if given."""
-    import torch
-    import torch.nn.functional as F
+    zero-padded to `padded` if given.
 
-    t = t.detach().to(torch.float32)
-    if padded is not None and padded != t.shape[-1]:
-        t = F.pad(t, (0, padded - t.shape[-1]))
-    return t.contiguous().numpy()
+    Copies are numpy's (one thread), not torch's: a torch copy big enough to run in parallel leaves
+    torch's OpenMP workers spinning on the cores that the kernel's threads are about to need."""
+    import torch
+
+    a = t.detach().to(torch.float32).numpy()
+    if padded is not None and padded != a.shape[-1]:
+        out = np.zeros(a.shape[:-1] + (padded,), np.float32)
+        out[..., :a.shape[-1]] = a
+        return out
+    return np.ascontiguousarray(a)
 
 
 def _optional(t, ndim: int):

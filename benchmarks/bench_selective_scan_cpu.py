@@ -146,13 +146,13 @@ def main():
     for p in busy:
         p.start()
     rows = {}
+    argv = [a for a in sys.argv[1:] if a != "--worker"]
     with tempfile.TemporaryDirectory() as tmp:
         try:
             for _ in range(args.rounds):
                 for threads in args.threads:
                     for impl in args.impls:
                         save = os.path.join(tmp, f"{impl}-{threads}.pt")
-                        argv = [a for a in sys.argv[1:] if a != "--worker"]
                         cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", impl, str(threads),
                                "--save", save]
                         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -165,9 +165,9 @@ def main():
                         pooled["forward_times"] += row["forward_times"]
                         pooled["fwd_bwd_times"] += row.get("fwd_bwd_times", [])
                         pooled["peak_mb"] = max(pooled["peak_mb"], row["peak_mb"])
-                        pooled["saved"] = torch.load(save)
             rows = [rows[key] for key in sorted(rows, key=lambda k: (args.threads.index(k[0]), args.impls.index(k[1])))]
-            for row in rows:
+            for row in rows:  # the last round's outputs and gradients: every round computes the same ones
+                row["saved"] = torch.load(os.path.join(tmp, f"{row['impl']}-{row['threads']}.pt"))
                 row["forward_s"] = statistics.median(row.pop("forward_times"))
                 fwd_bwd = row.pop("fwd_bwd_times")
                 if fwd_bwd:

@@ -159,12 +159,12 @@ def main() -> None:
     for p in busy:
         p.start()
     results, outputs = {}, {}
+    argv = [a for a in sys.argv[1:] if a != "--configs" and a not in configs]
     with tempfile.TemporaryDirectory() as tmp:
         try:
             for _ in range(args.rounds):
                 for i, config in enumerate(configs):
                     out_path = os.path.join(tmp, f"{i}.pt")
-                    argv = [a for a in sys.argv[1:] if a != "--configs" and a not in configs]
                     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--device", args.device,
                            "--worker", config, out_path]
                     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -130,8 +130,8 @@ def test_numba_backend_rejects_other_devices():
         selective_scan(**{k: None if v is None else v.to("meta") for k, v in inputs.items()}, backend="numba")
 
 
-def test_inline_exp_and_softplus_are_accurate_over_their_range():
-    """The kernels' own exp (2^k * polynomial) and softplus, compiled as the scan uses them, against float64."""
+def test_inline_exp_softplus_and_expm1_are_accurate_over_their_range():
+    """The kernels' own exp (2^k * polynomial), softplus and expm1, compiled as the scan uses them, against float64."""
     import numba
     import numpy as np
 
@@ -150,3 +150,9 @@ def test_inline_exp_and_softplus_are_accurate_over_their_range():
     apply(selective_scan_cpu._softplus, xs, got[:xs.shape[0]])
     expected = np.logaddexp(0.0, xs.astype(np.float64))
     assert np.max(np.abs(got[:xs.shape[0]] - expected) / np.maximum(expected, 1e-30)) < 1e-6
+
+    # expm1 around 0, where exp(x) - 1 would cancel, and across the switch to exp at |x| = 1/2
+    xs = np.concatenate([np.linspace(-2.0, 2.0, 100_001, dtype=np.float32), np.float32([-1e-30, 1e-30, 1e-7])])
+    apply(selective_scan_cpu._expm1, xs, got[:xs.shape[0]])
+    expected = np.expm1(xs.astype(np.float64))
+    assert np.max(np.abs(got[:xs.shape[0]] - expected) / np.maximum(np.abs(expected), 1e-38)) < 5e-7

@@ -14,7 +14,7 @@ from torch import nn
 
 from .common import LayerNorm, Linear, autocast_disabled, autocast_enabled, frozen_cast, frozen_linear
 
-from ..ops import es2d_merge, es2d_scan, selective_scan
+from ..ops import es2d_gather_rows, es2d_merge, es2d_scan, resolve_backend, selective_scan
 from ..ops import check_backend_name
 
 NUM_GROUPS = 4  # ES2D scans the four parity sub-grids
@@ -37,16 +37,56 @@ def register_ssm_parameters(module: nn.Module, d_inner: int, dt_rank: int, d_sta
     module.Ds = nn.Parameter(torch.ones(k * d_inner))
 
 
+def fused_cpu_scan_applies(x: torch.Tensor, backend: str, *params: torch.Tensor) -> bool:
+    """Whether es2d_selective_scan takes the fused CPU kernel (kernels/es2d_scan_cpu.py): CPU tensors on the
+    numba backend, D a multiple of 16, and nothing to differentiate (the kernel has no backward pass)."""
+    if x.device.type != "cpu" or x.shape[1] % 16:
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
+        return False
+    return resolve_backend(backend, x.device, has_cpu_kernel=True, dtype=x.dtype) == "numba"
+
+
+def row_projection(module: nn.Module):
+    """x_proj of the fused CPU scan's pixel rows for a module with register_ssm_parameters' parameters:
+    (4, B, L', D) -> (4, B, L', R + 2N), one product per group, through oneDNN with packed weights inside
+    FusionMamba.frozen() (2.5x MKL's batched product at the base model's first stage)."""
+    def project(rows: torch.Tensor) -> torch.Tensor:
+        return torch.stack([frozen_linear(module, f"x_proj_{k}", rows[k], module.x_proj_weight[k])
+                            for k in range(NUM_GROUPS)])
+    return project
+
+
 def es2d_selective_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
                         dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
-                        backend: str = "auto") -> torch.Tensor:
+                        backend: str = "auto", project_rows=None, fused: bool | None = None) -> torch.Tensor:
     """ES2D gather -> per-group projections -> 4-group selective scan -> merge.
 
     x: (B, D, h, w) channels-first (any strides); returns (B, h, w, D) channels-last for `out_norm`, in x's
     dtype, or in fp32 under autocast (out_norm normalises in fp32: a cast down and back up would only round).
     The step sizes (R multiply-adds each) and the scan itself run in fp32.
+
+    On a CPU without autograd (fused_cpu_scan_applies) the scan and the merge are one numba kernel that reads
+    the gathered pixel rows (4, B, L', D); `project_rows`, if given, computes the x projection of those rows,
+    (4, B, L', D) -> (4, B, L', R + 2N) (SS2D passes one with weights packed for oneDNN). `fused`: None takes
+    the fused kernel where it applies, False never (the separate ops), True insists (an error where it cannot).
     """
     batch, d_inner, h, w = x.shape
+    applies = fused is not False and fused_cpu_scan_applies(x, backend, x_proj_weight, dt_projs_weight,
+                                                            dt_projs_bias, A_logs, Ds)
+    if fused and not applies:
+        raise ValueError("fused=True needs CPU tensors on the numba backend, D a multiple of 16 and no gradients to "
+                         f"compute; got x {tuple(x.shape)} on {x.device}, backend={backend!r}, "
+                         f"grad enabled={torch.is_grad_enabled()}")
+    if applies:
+        from ..kernels.es2d_scan_cpu import es2d_selective_scan_fwd  # needs numba: imported on first use
+
+        rows = es2d_gather_rows(x)
+        x_dbl = project_rows(rows) if project_rows is not None else torch.matmul(rows, x_proj_weight.unsqueeze(1).mT)
+        with autocast_disabled(x.device.type):  # the step sizes in fp32, as below
+            dts = torch.matmul(x_dbl[..., :dt_projs_weight.shape[-1]].float(), dt_projs_weight.float().unsqueeze(1).mT)
+        y = es2d_selective_scan_fwd(rows, dts, x_dbl, A_logs, Ds, dt_projs_bias, h, w)
+        return y if autocast_enabled(x.device.type) else y.to(x.dtype)
     dt_rank = dt_projs_weight.shape[-1]
     d_state = A_logs.shape[-1]
     xs = es2d_scan(x, step=2, backend=backend)  # (B, 4, D, L')
@@ -99,6 +139,8 @@ class SS2D(nn.Module):
         xc = F.silu(self.conv2d(xc.permute(0, 3, 1, 2)))
         y = es2d_selective_scan(xc, frozen_cast(self, "x_proj", self.x_proj_weight),
                                 self.dt_projs_weight, self.dt_projs_bias,
-                                self.A_logs, self.Ds, self.backend)
-        y = self.out_norm(y) * z
+                                self.A_logs, self.Ds, self.backend, project_rows=row_projection(self))
+        # Under autocast z is 16-bit and out_proj casts its input down anyway: the gate multiplies in z's dtype
+        # (a mixed fp32 x bf16 product took 5x the time of a bf16 one in the base model).
+        y = self.out_norm(y).to(z.dtype) * z
         return self.dropout(self.out_proj(y))

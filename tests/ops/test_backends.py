@@ -103,7 +103,7 @@ def test_cpu_paths_never_load_the_triton_kernels():
     script = """
 import sys, types
 """ + CPU_SESSION + """
-cpu_side = {"fusionmamba_triton.kernels", "fusionmamba_triton.kernels.selective_scan_cpu",
+cpu_side = {"fusionmamba_triton.kernels", "fusionmamba_triton.kernels.selective_scan_cpu", "fusionmamba_triton.kernels.es2d_scan_cpu",
             "fusionmamba_triton.kernels.ldc_cpu", "fusionmamba_triton.kernels.numba_runtime",
             "fusionmamba_triton.kernels.configs"}
 kernels = sorted(m for m in sys.modules if m.startswith("fusionmamba_triton.kernels") and m not in cpu_side)

@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loss", choices=tuple(LOSS_PRESETS), default="official")
     p.add_argument("--loss-weights", nargs="+", default=[], metavar="TERM=WEIGHT",
-                   help="replace the loss preset's weight of these terms, e.g. int=2 ssim=10 (terms: int, text, ssim)")
+                   help="replace the loss preset's weight of these terms, e.g. int=2 ssim=10 (terms: int, text, ssim; "
+                        "vif, off in both presets, adds 2 - VIF of the output)")
     p.add_argument("--loss-without", nargs="+", choices=("int", "text", "ssim"), default=[], metavar="TERM",
                    help="leave these loss terms out (int, text, ssim): the paper's loss ablation (Table 8)")
     p.add_argument("--variant", choices=VARIANT_NAMES, default=None,

@@ -18,6 +18,11 @@ below that the window is cut at the coarse scales to the largest odd size that f
 
 The paper's loss ablation (Table 8) leaves one term out: FusionLoss("paper", without=("ssim",)),
 with the terms named as in the paper: "int", "text", "ssim".
+
+An optional fourth term, not in the paper and off in both presets, is taken only when given a weight
+(`weights={"vif": w}`, `--loss-weights vif=W`): L_vif = 2 - VIFp(I_1 -> I_f) - VIFp(I_2 -> I_f), the
+fusion VIF of the metrics (metrics/vif_torch.py; crops of 41 px or more). It rewards keeping each source's
+local contrast where averaging halves it; VIF also rewards amplified contrast, so use it beside SSIM.
 """
 from __future__ import annotations
 
@@ -26,13 +31,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .metrics.ssim_torch import ms_ssim, ssim
+from .metrics.vif_torch import vif_p
 
 PRESETS = {
     "paper": {"intensity": 1.0, "texture": 1.0, "ssim": 10.0},
     "official": {"intensity": 10.0, "texture": 1.0, "ssim": 10.0},
 }
 # The paper's names for the terms (L_int, L_text, L_ssim) -> the keys of PRESETS and of the logged terms.
-TERM_NAMES = {"int": "intensity", "text": "texture", "ssim": "ssim"}
+TERM_NAMES = {"int": "intensity", "text": "texture", "ssim": "ssim", "vif": "vif"}
+OPTIONAL_TERMS = ("vif",)  # not in the presets: computed and logged only when given a weight
+_PAPER_TERMS = tuple(t for t in TERM_NAMES if t not in OPTIONAL_TERMS)
 _MS_SSIM_FLOOR = 1e-6  # clamp for cs / SSIM before the fractional powers: keeps gradients finite
 
 
@@ -53,6 +61,11 @@ def texture_loss(fused: torch.Tensor, img1: torch.Tensor, img2: torch.Tensor) ->
     """Mean | |grad I_f| - max(|grad I_1|, |grad I_2|) | with Sobel gradients: a scalar."""
     target = torch.maximum(sobel_magnitude(img1), sobel_magnitude(img2))
     return (sobel_magnitude(fused) - target).abs().mean()
+
+
+def vif_loss(fused: torch.Tensor, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
+    """2 - VIFp(I_1 -> I_f) - VIFp(I_2 -> I_f), averaged over the batch: a scalar (in fp32)."""
+    return 2.0 - (vif_p(img1, fused) + vif_p(img2, fused)).mean()
 
 
 def ssim_loss(fused: torch.Tensor, img1: torch.Tensor, img2: torch.Tensor, multiscale: bool = False) -> torch.Tensor:
@@ -84,11 +97,11 @@ class FusionLoss(nn.Module):
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
         if isinstance(without, str):
             without = (without,)
-        unknown = [t for t in without if t not in TERM_NAMES]
+        unknown = [t for t in without if t not in TERM_NAMES or t in OPTIONAL_TERMS]
         if unknown:
-            raise ValueError(f"without: unknown loss term(s) {unknown}; choose from {tuple(TERM_NAMES)}")
+            raise ValueError(f"without: unknown loss term(s) {unknown}; choose from {_PAPER_TERMS}")
         dropped = {TERM_NAMES[t] for t in without}
-        if len(dropped) == len(TERM_NAMES):
+        if len(dropped) == len(_PAPER_TERMS):
             raise ValueError("without: leaving out every term leaves no loss")
         weights = dict(weights or {})
         unknown = [t for t in weights if t not in TERM_NAMES]
@@ -100,7 +113,8 @@ class FusionLoss(nn.Module):
         chosen = {**PRESETS[preset], **{TERM_NAMES[t]: float(w) for t, w in weights.items()}}
         self.preset = preset
         self.without = tuple(t for t in TERM_NAMES if TERM_NAMES[t] in dropped)  # canonical order
-        self.weights = {name: w for name, w in chosen.items() if name not in dropped}
+        self.weights = {name: w for name, w in chosen.items()
+                        if name not in dropped and not (name in OPTIONAL_TERMS and w == 0)}
 
     def extra_repr(self) -> str:
         without = f", without={self.without}" if self.without else ""
@@ -114,6 +128,8 @@ class FusionLoss(nn.Module):
             "texture": texture_loss(fused, img1, img2),
             "ssim": ssim_loss(fused, img1, img2, multiscale=official),
         }
+        if "vif" in self.weights:
+            terms["vif"] = vif_loss(fused, img1, img2)
         total = sum(weight * terms[name] for name, weight in self.weights.items())
         return total, {name: value.detach() for name, value in terms.items()}
 

@@ -34,6 +34,8 @@ PINNED_SCORES = {
                                                    "ms_ssim": 0.644649, "fmi_edge": 0.839988}},
     "medical-medium": {"pair": "itk_brain", "scores": {"vif": 0.379501, "scd": 1.42982, "qabf": 0.443657,
                                                        "sf": 41.0298, "ms_ssim": 0.527665, "fmi_edge": 0.84978}},
+    "pet-medium": {"pair": "itk_brain", "scores": {"vif": 0.519319, "scd": 1.15602, "qabf": 0.494422, "sf": 42.1819,
+                                                   "ms_ssim": 0.47906, "fmi_edge": 0.853033}},
 }
 PINNED_METRICS = ("vif", "scd", "qabf", "sf", "ms_ssim", "fmi_edge")
 PIN_TOLERANCE = 5e-4  # relative: far above fp32 noise across torch builds, far below any retraining

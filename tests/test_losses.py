@@ -163,3 +163,31 @@ def test_loss_weights_replace_the_presets_weights_of_those_terms():
         FusionLoss("paper", weights={"grad": 1.0})
     with pytest.raises(ValueError, match="non-negative"):
         FusionLoss("paper", weights={"int": -1.0})
+
+
+def test_vif_term_is_optional_and_is_the_metrics_vif():
+    from fusionmamba_triton.metrics.core import vif as vif_metric
+
+    a, b, f = images(shape=(2, 1, 64, 72), seed=3)
+    total, terms = FusionLoss("paper")(f, a, b)
+    assert "vif" not in terms  # off in both presets, not computed
+    assert FusionLoss("paper", weights={"vif": 0}).weights == PRESETS["paper"]
+    loss = FusionLoss("paper", weights={"vif": 2.0})
+    total_vif, terms_vif = loss(f, a, b)
+    assert torch.allclose(total_vif, total + 2.0 * terms_vif["vif"], rtol=1e-6)
+    per_image = [vif_metric(a[i, 0].double().numpy() * 255, b[i, 0].double().numpy() * 255,
+                            f[i, 0].double().numpy() * 255) for i in range(2)]
+    assert terms_vif["vif"].item() == pytest.approx(2.0 - sum(per_image) / 2, abs=1e-5)
+    with pytest.raises(ValueError, match="unknown loss term"):
+        FusionLoss("paper", without=("vif",))  # only the paper's terms can be left out
+
+
+def test_vif_term_gradients_are_finite_with_flat_and_equal_regions():
+    a, b, _ = images(shape=(1, 1, 48, 48), seed=4)
+    a = a.clone()
+    a[..., :20, :] = 0.5  # flat in a reference: VIFp's special cases
+    for fused in (a.clone(), torch.full_like(a, 0.3), 0.5 * (a + b)):
+        fused.requires_grad_()
+        total, _ = FusionLoss("paper", weights={"vif": 1.0})(fused, a, b)
+        total.backward()
+        assert torch.isfinite(fused.grad).all()

@@ -80,7 +80,7 @@ def _es2d_scan_fwd(rows, dts, x_dbl, a_t, skip, bias, pixels, out, dt_rank):
             bias_c[c] = bias[k, c0 + c]
         h = np.zeros((dstate, LANES), np.float32)
         step, x, y = np.empty(LANES, np.float32), np.empty(LANES, np.float32), np.empty(LANES, np.float32)
-        at, proj_at = np.uint64(c0), np.uint64(dt_rank)  # this step's inputs; its B_t (C_t follows at + N)
+        at, proj_at = np.uint64(c0), np.uint64(dt_rank)  # offsets of this step's 16 inputs and of its B_t (C_t: + N)
         for t in range(length):
             for c in range(LANES):
                 step[c] = _softplus(dts_flat[at + np.uint64(c)] + bias_c[c])

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 
 from .numba_runtime import JIT_FLAGS, use_torch_thread_count
-from .selective_scan_cpu import _LN2_HI, _LN2_LO, _LOG2E, _P2, _P3, _P4, _P5, _P6, _int32_bits_as_float32, _softplus
+from .selective_scan_cpu import _array, _exp_in_range, _softplus
 
 LANES = 16  # channels per work item: one AVX-512 vector
 UNROLL = 8  # states advanced per pass of the step loop's inner loop
@@ -35,17 +35,7 @@ UNROLL = 8  # states advanced per pass of the step loop's inner loop
 @numba.njit(inline="always", **JIT_FLAGS)
 def _decay(x):
     """selective_scan_cpu._exp for x <= 0 (step * A: steps are softplus outputs, A < 0): one clamp fewer."""
-    x = max(x, np.float32(-87.0))
-    k = np.floor(x * np.float32(_LOG2E) + np.float32(0.5))
-    f = x - k * np.float32(_LN2_HI) - k * np.float32(_LN2_LO)
-    p = np.float32(_P6)
-    p = p * f + np.float32(_P5)
-    p = p * f + np.float32(_P4)
-    p = p * f + np.float32(_P3)
-    p = p * f + np.float32(_P2)
-    p = p * f + np.float32(1.0)
-    p = p * f + np.float32(1.0)
-    return p * _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
+    return _exp_in_range(max(x, np.float32(-87.0)))
 
 
 @numba.njit(inline="always", **JIT_FLAGS)
@@ -147,14 +137,10 @@ def es2d_selective_scan_fwd(rows, dts, x_dbl, A_logs, Ds, dt_projs_bias, height:
     if groups != 4 or dim % LANES:
         raise ValueError(f"rows must be (4, batch, L', D) with D a multiple of {LANES}, got {tuple(rows.shape)}")
     dstate = A_logs.shape[-1]
-
-    def f32(t):
-        return t.detach().to(torch.float32).contiguous().numpy()
-
     out = torch.empty(batch, height, width, dim, dtype=torch.float32)
     use_torch_thread_count()
-    _es2d_scan_fwd(f32(rows), f32(dts), f32(x_dbl),
-                   f32(-torch.exp(A_logs.detach().float()).view(groups, dim, dstate).transpose(1, 2)),
-                   f32(Ds.view(groups, dim)), f32(dt_projs_bias.view(groups, dim)), output_pixels(height, width),
+    _es2d_scan_fwd(_array(rows), _array(dts), _array(x_dbl),
+                   _array(-torch.exp(A_logs.detach().float()).view(groups, dim, dstate).transpose(1, 2)),
+                   _array(Ds.view(groups, dim)), _array(dt_projs_bias.view(groups, dim)), output_pixels(height, width),
                    out.numpy(), x_dbl.shape[-1] - 2 * dstate)
     return out

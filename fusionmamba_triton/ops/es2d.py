@@ -72,6 +72,14 @@ def _check_floating(t: torch.Tensor, name: str) -> None:
 MIN_ROWS_FOR_2D_TRANSPOSE = 256
 
 
+def _transpose_slices(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[b, k] = src[b, k].T for (B, 4, m, n) src and (B, 4, n, m) out, one 2D copy per slice."""
+    for b in range(src.shape[0]):
+        for k in range(src.shape[1]):
+            out[b, k].copy_(src[b, k].t())
+    return out
+
+
 def es2d_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """ES2D's gather into pixel rows: (B, D, H, W), any strides -> contiguous (4, B, L', D), each group's pixels
     in its scan order with channels last (odd H / W zero-padded). From channels-last x every copy moves whole
@@ -94,12 +102,8 @@ def _scan_torch(x: torch.Tensor) -> torch.Tensor:
     batch, dim, height, width = x.shape
     h2, w2 = (height + 1) // 2, (width + 1) // 2
     if x.is_contiguous(memory_format=torch.channels_last):  # a view of contiguous (B, H, W, D) memory
-        rows = es2d_gather_rows(x)
-        out = x.new_empty(batch, 4, dim, h2 * w2)
-        for b in range(batch):
-            for k in range(4):
-                out[b, k].copy_(rows[k, b].t())
-        return out
+        rows = es2d_gather_rows(x).transpose(0, 1)  # (B, 4, L', D), a view
+        return _transpose_slices(rows, x.new_empty(batch, 4, dim, h2 * w2))
     if height % 2 or width % 2:
         x = F.pad(x, (0, width % 2, 0, height % 2))
     out = x.new_empty(batch, 4, dim, h2 * w2)
@@ -118,11 +122,7 @@ def _merge_torch(y: torch.Tensor, height: int, width: int, channels_last: bool) 
     shape = (batch, 2 * h2, 2 * w2, dim) if channels_last else (batch, dim, 2 * h2, 2 * w2)
     full = y.new_empty(shape)
     if channels_last and h2 * w2 >= MIN_ROWS_FOR_2D_TRANSPOSE:
-        rows = y.new_empty(batch, 4, h2 * w2, dim)
-        for b in range(batch):
-            for k in range(4):
-                rows[b, k].copy_(y[b, k].t())
-        rows = rows.view(batch, 2, 2, h2 * w2, dim)
+        rows = _transpose_slices(y, y.new_empty(batch, 4, h2 * w2, dim)).view(batch, 2, 2, h2 * w2, dim)
         cells = full.unflatten(2, (w2, 2)).unflatten(1, (h2, 2))  # (b, i, r, j, c, d)
         cells[:, :, 0].permute(0, 3, 1, 2, 4).copy_(rows[:, :, 0].unflatten(2, (h2, w2)))
         cells[:, :, 1].permute(0, 3, 2, 1, 4).copy_(rows[:, :, 1].unflatten(2, (w2, h2)))

@@ -9,7 +9,7 @@ from torch import nn
 from fusionmamba_triton.layers.essm import SS2D, es2d_selective_scan, fused_cpu_scan_applies, register_ssm_parameters
 from fusionmamba_triton.ops import es2d_gather_rows, es2d_scan_ref
 
-from tests.ops.common import needs_numba_cpu
+from tests.ops.common import assert_close, needs_numba_cpu
 
 pytestmark = needs_numba_cpu
 
@@ -33,11 +33,6 @@ def channels_last_input(batch, dim, height, width, seed=1):
     return torch.randn(batch, height, width, dim).permute(0, 3, 1, 2)  # (B, D, H, W) view of channels-last memory
 
 
-def assert_close_rel(actual, expected, rtol):
-    err = ((actual - expected).abs().max() / expected.abs().max()).item()
-    assert err <= rtol, f"max error {err:.3g} relative to the largest value, allowed {rtol:g}"
-
-
 SHAPES = {
     "base-stage1-64x64-d192": (1, 192, 64, 64),
     "odd-9x7-batch2-d32": (2, 32, 9, 7),
@@ -57,7 +52,7 @@ def test_fused_matches_reference(shape):
         fused = es2d_selective_scan(x, *params, backend="numba")
         expected = es2d_selective_scan(x, *params, backend="reference")
     assert fused.shape == (batch, height, width, dim) and fused.dtype == torch.float32
-    assert_close_rel(fused, expected, RTOL)
+    assert_close(fused, expected, torch.float32, "fused vs reference", rtol=RTOL)
 
 
 def test_fused_takes_any_strides_and_a_state_size_off_the_vector():
@@ -66,7 +61,7 @@ def test_fused_takes_any_strides_and_a_state_size_off_the_vector():
     with torch.no_grad():
         fused = es2d_selective_scan(x, *params, backend="numba")
         expected = es2d_selective_scan(x, *params, backend="reference")
-    assert_close_rel(fused, expected, RTOL)
+    assert_close(fused, expected, torch.float32, "fused vs reference", rtol=RTOL)
 
 
 def test_gather_rows_is_es2d_scan_transposed():
@@ -95,7 +90,7 @@ def test_fused_flag_forces_or_refuses():
         fused = es2d_selective_scan(x, *params, backend="numba", fused=True)
         separate = es2d_selective_scan(x, *params, backend="numba", fused=False)
     assert not torch.equal(fused, separate)  # two implementations, one result:
-    assert_close_rel(fused, separate, RTOL)
+    assert_close(fused, separate, torch.float32, "fused vs separate ops", rtol=RTOL)
     with pytest.raises(ValueError, match="fused=True needs"):
         es2d_selective_scan(x, *params, backend="torch", fused=True)
 
@@ -109,7 +104,7 @@ def test_ss2d_gradients_take_the_unfused_path():
     with torch.no_grad():
         reference = SS2D(16, backend="reference")
         reference.load_state_dict(op.state_dict())
-        assert_close_rel(op(x), reference(x), RTOL)
+        assert_close(op(x), reference(x), torch.float32, "SS2D numba vs reference", rtol=RTOL)
 
 
 def test_ss2d_fused_under_bf16_autocast_close_to_fp32():
@@ -121,4 +116,4 @@ def test_ss2d_fused_under_bf16_autocast_close_to_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = op(x)
     assert bf16.dtype == torch.bfloat16
-    assert_close_rel(bf16.float(), fp32, 5e-2)
+    assert_close(bf16.float(), fp32, torch.bfloat16, "SS2D bf16 autocast vs fp32")

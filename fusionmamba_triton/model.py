@@ -193,8 +193,9 @@ class FusionMamba(nn.Module):
     def frozen(self):
         """Treat the weights as constants inside this block (inference over many images or tiles). With
         autograd off, on a CPU each LDC builds its modulated weight once instead of on every call, and the
-        matrix products and LDC convolutions run through oneDNN with their weights packed once (fp32, or bf16
-        under bf16 autocast); on a GPU, under autocast, every matrix-product weight is cast to 16 bits once.
+        matrix products, LDC and depthwise convolutions run through oneDNN with their weights packed once (fp32,
+        or bf16 under bf16 autocast), the SiLU / GELU that follow some of them applied as oneDNN writes their
+        outputs; on a GPU, under autocast, every matrix-product weight is cast to 16 bits once.
         About 20% of a base forward on a CPU. Outputs are the same up to summation order (fp32: about 1e-5);
         the kept weights cost memory (for `base`, whose parameters are 860 MB: about 530 MB in fp32, 260 MB in
         bf16). Do not change the weights inside the block; nested blocks are fine.

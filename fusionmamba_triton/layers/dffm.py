@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ECA
-from .common import LayerNorm, Linear, frozen_cast, frozen_linear
+from .common import LayerNorm, Linear, frozen_cast, frozen_depthwise_conv_silu, frozen_linear
 from ..ops import check_backend_name
 from .essm import es2d_selective_scan, register_ssm_parameters, row_projection
 from .ldc import LDC
@@ -83,13 +83,13 @@ class CMFM(nn.Module):
         d, batch = self.d_inner, n1.shape[0]
         x1 = frozen_linear(self, "in_proj1_x", n1, self.in_proj1.weight[:d])
         x2 = frozen_linear(self, "in_proj2_x", n2, self.in_proj2.weight[:d])
-        z1 = F.silu(frozen_linear(self, "in_proj1_z", n1, self.in_proj1.weight[d:]))
+        z1 = frozen_linear(self, "in_proj1_z", n1, self.in_proj1.weight[d:], activation="silu")
         if self.gate == "official":
             z2 = F.silu(z1)
         else:
-            z2 = F.silu(frozen_linear(self, "in_proj2_z", n2, self.in_proj2.weight[d:]))
+            z2 = frozen_linear(self, "in_proj2_z", n2, self.in_proj2.weight[d:], activation="silu")
         # One call of the shared depthwise conv over both inputs, stacked along the batch.
-        xs = F.silu(self.conv2d(torch.cat([x1, x2], dim=0).permute(0, 3, 1, 2)))
+        xs = frozen_depthwise_conv_silu(self, "conv2d", self.conv2d, torch.cat([x1, x2], dim=0).permute(0, 3, 1, 2))
         x1, x2 = xs[:batch], xs[batch:]
         u = torch.addcmul(x1 + x2, x1, x2)
         y = es2d_selective_scan(u, frozen_cast(self, "x_proj", self.x_proj_weight),

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm, Linear, autocast_disabled, autocast_enabled, frozen_cast, frozen_linear
+from .common import (LayerNorm, Linear, autocast_disabled, autocast_enabled, frozen_cast, frozen_depthwise_conv_silu,
+                     frozen_linear)
 
 from ..ops import es2d_gather_rows, es2d_merge, es2d_scan, resolve_backend, selective_scan
 from ..ops import check_backend_name
@@ -135,8 +135,8 @@ class SS2D(nn.Module):
         d = self.d_inner
         # Two half-width matmuls instead of one and a split: both halves come out contiguous.
         xc = frozen_linear(self, "in_proj_x", x, self.in_proj.weight[:d])
-        z = F.silu(frozen_linear(self, "in_proj_z", x, self.in_proj.weight[d:]))
-        xc = F.silu(self.conv2d(xc.permute(0, 3, 1, 2)))
+        z = frozen_linear(self, "in_proj_z", x, self.in_proj.weight[d:], activation="silu")
+        xc = frozen_depthwise_conv_silu(self, "conv2d", self.conv2d, xc.permute(0, 3, 1, 2))
         y = es2d_selective_scan(xc, frozen_cast(self, "x_proj", self.x_proj_weight),
                                 self.dt_projs_weight, self.dt_projs_bias,
                                 self.A_logs, self.Ds, self.backend, project_rows=row_projection(self))

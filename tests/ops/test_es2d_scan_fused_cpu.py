@@ -64,6 +64,19 @@ def test_fused_takes_any_strides_and_a_state_size_off_the_vector():
     assert_close(fused, expected, torch.float32, "fused vs reference", rtol=RTOL)
 
 
+@pytest.mark.parametrize("d_state", [16, 5], ids=["N16", "N5-tail"])
+def test_kernel_reads_bf16_rows_and_projections_as_their_fp32_values(d_state):
+    from fusionmamba_triton.kernels.es2d_scan_cpu import es2d_selective_scan_fwd
+
+    x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds = make_ssm(32, d_state=d_state)
+    rows = es2d_gather_rows(channels_last_input(2, 32, 7, 9)).bfloat16()
+    x_dbl = torch.matmul(rows, x_proj_weight.bfloat16().unsqueeze(1).mT)
+    dts = torch.matmul(x_dbl[..., :dt_projs_weight.shape[-1]].float(), dt_projs_weight.unsqueeze(1).mT)
+    from_bf16 = es2d_selective_scan_fwd(rows, dts, x_dbl, A_logs, Ds, dt_projs_bias, 7, 9)
+    from_fp32 = es2d_selective_scan_fwd(rows.float(), dts, x_dbl.float(), A_logs, Ds, dt_projs_bias, 7, 9)
+    torch.testing.assert_close(from_bf16, from_fp32, rtol=0, atol=0)
+
+
 def test_gather_rows_is_es2d_scan_transposed():
     x = channels_last_input(2, 24, 7, 6)
     rows = es2d_gather_rows(x)

@@ -2,10 +2,10 @@
 
 The unfused CPU path transposes the channels-last activations into (batch, 4D, L') rows for the scan, copies B
 and C time-major, and transposes the scan's output back into channels-last pixels. Here the scan reads the
-channels-last rows where they are: one work item owns 16 channels of one (group, batch) row and keeps their
-state h (N x 16) in registers / L1, vectorised across the 16 channels. At each step it reads the 16 channels'
-inputs and step sizes as one vector each and B_t, C_t as N scalars, and writes y as one vector straight into
-the output pixel that ES2D's merge would put it in: no horizontal sums, no transposes.
+channels-last rows where they are: one work item owns 32 channels (16 where D is not a multiple of 32) of one
+(group, batch) row and keeps their state h (N x 32) in registers / L1, vectorised across the channels. At each
+step it reads the channels' inputs and step sizes as two vectors each and B_t, C_t as N scalars, and writes y
+straight into the output pixel that ES2D's merge would put it in: no horizontal sums, no transposes.
 
 Layouts (C-contiguous; `es2d_selective_scan_fwd` prepares them). rows and x_dbl are fp32, or bf16 passed as their
 int16 bit patterns (under autocast they come from bf16 products: widening them in the step loop is one shift per
@@ -32,7 +32,7 @@ from numba.extending import overload
 from .numba_runtime import JIT_FLAGS, use_torch_thread_count
 from .selective_scan_cpu import _LOG2E, _array, _int32_bits_as_float32, _softplus
 
-LANES = 16  # channels per work item: one AVX-512 vector
+LANES = 16  # channels per work item: one AVX-512 vector (two, 32 channels, where D is a multiple of 32)
 UNROLL = 8  # states advanced per pass of the step loop's inner loop
 # Unsigned offsets 1..7: an int literal added to a uint64 index makes it signed, with a wrap-around check per load.
 _U1, _U2, _U3, _U4, _U5, _U6, _U7 = (np.uint64(i) for i in range(1, 8))
@@ -81,72 +81,82 @@ def _advance(h, a, n, c, step, x, b_n):
     return state
 
 
-@numba.njit(parallel=True, cache=True, **JIT_FLAGS)
-def _es2d_scan_fwd(rows, dts, x_dbl, a_t, skip, bias, pixels, out, dt_rank):
-    groups, batch, length, dim = rows.shape
-    proj = x_dbl.shape[3]
-    dstate = a_t.shape[1]
-    blocks = dim // LANES
-    for item in numba.prange(groups * batch * blocks):
-        k = item // (batch * blocks)
-        rest = item - k * batch * blocks
-        b = rest // blocks
-        c0 = (rest - b * blocks) * LANES
-        # Flat rows and unsigned offsets: numba's negative-index fix-up is not paid in the step loop.
-        rows_flat, dts_flat, proj_flat = rows[k, b].ravel(), dts[k, b].ravel(), x_dbl[k, b].ravel()
-        out_flat, pixel_row = out[b].ravel(), pixels[k]
-        a = np.empty((dstate, LANES), np.float32)
-        for n in range(dstate):
-            for c in range(LANES):
-                a[n, c] = a_t[k, n, c0 + c]
-        skip_c, bias_c = np.empty(LANES, np.float32), np.empty(LANES, np.float32)
-        for c in range(LANES):
-            skip_c[c] = skip[k, c0 + c]
-            bias_c[c] = bias[k, c0 + c]
-        h = np.zeros((dstate, LANES), np.float32)
-        step, x, y = np.empty(LANES, np.float32), np.empty(LANES, np.float32), np.empty(LANES, np.float32)
-        at, proj_at = np.uint64(c0), np.uint64(dt_rank)  # offsets of this step's 16 inputs and of its B_t (C_t: + N)
-        for t in range(length):
-            for c in range(LANES):
-                step[c] = _softplus(dts_flat[at + np.uint64(c)] + bias_c[c])
-                u = _widen(rows_flat[at + np.uint64(c)])
-                x[c] = step[c] * u
-                y[c] = skip_c[c] * u
-            # Eight states per pass with a tree of sums into y: y lives in memory (numba's arrays may alias, so
-            # LLVM keeps it there), and one y += per state made the store-load round trip the critical path.
-            n, b_at, c_at = 0, proj_at, proj_at + np.uint64(dstate)
-            while n + UNROLL <= dstate:
-                b0, b1, b2, b3 = (_widen(proj_flat[b_at]), _widen(proj_flat[b_at + _U1]),
-                                  _widen(proj_flat[b_at + _U2]), _widen(proj_flat[b_at + _U3]))
-                b4, b5, b6, b7 = (_widen(proj_flat[b_at + _U4]), _widen(proj_flat[b_at + _U5]),
-                                  _widen(proj_flat[b_at + _U6]), _widen(proj_flat[b_at + _U7]))
-                q0, q1, q2, q3 = (_widen(proj_flat[c_at]), _widen(proj_flat[c_at + _U1]),
-                                  _widen(proj_flat[c_at + _U2]), _widen(proj_flat[c_at + _U3]))
-                q4, q5, q6, q7 = (_widen(proj_flat[c_at + _U4]), _widen(proj_flat[c_at + _U5]),
-                                  _widen(proj_flat[c_at + _U6]), _widen(proj_flat[c_at + _U7]))
-                for c in range(LANES):
-                    s, v = step[c], x[c]
-                    y[c] += (((q0 * _advance(h, a, n, c, s, v, b0) + q1 * _advance(h, a, n + 1, c, s, v, b1))
-                              + (q2 * _advance(h, a, n + 2, c, s, v, b2) + q3 * _advance(h, a, n + 3, c, s, v, b3)))
-                             + ((q4 * _advance(h, a, n + 4, c, s, v, b4) + q5 * _advance(h, a, n + 5, c, s, v, b5))
-                                + (q6 * _advance(h, a, n + 6, c, s, v, b6) + q7 * _advance(h, a, n + 7, c, s, v, b7))))
-                n += UNROLL
-                b_at += np.uint64(UNROLL)
-                c_at += np.uint64(UNROLL)
-            while n < dstate:  # N not a multiple of UNROLL
-                b_n, c_n = _widen(proj_flat[b_at]), _widen(proj_flat[c_at])
-                for c in range(LANES):
-                    y[c] += c_n * _advance(h, a, n, c, step[c], x[c], b_n)
-                n += 1
-                b_at += np.uint64(1)
-                c_at += np.uint64(1)
-            pixel = pixel_row[t]
-            if pixel >= 0:
-                dst = np.uint64(pixel * dim + c0)
-                for c in range(LANES):
-                    out_flat[dst + np.uint64(c)] = y[c]
-            at += np.uint64(dim)
-            proj_at += np.uint64(proj)
+@functools.lru_cache(maxsize=None)
+def es2d_scan_kernel(lanes: int):
+    """The kernel for work items of `lanes` channels (16 or 32: one or two AVX-512 vectors), a compile-time
+    constant. Two vectors per item give the out-of-order core two independent chains of dependent operations
+    to interleave: 10-13% faster than one where D allows it."""
+
+    @numba.njit(parallel=True, cache=True, **JIT_FLAGS)
+    def scan_fwd(rows, dts, x_dbl, a_t, skip, bias, pixels, out, dt_rank):
+        groups, batch, length, dim = rows.shape
+        proj = x_dbl.shape[3]
+        dstate = a_t.shape[1]
+        blocks = dim // lanes
+        for item in numba.prange(groups * batch * blocks):
+            k = item // (batch * blocks)
+            rest = item - k * batch * blocks
+            b = rest // blocks
+            c0 = (rest - b * blocks) * lanes
+            # Flat rows and unsigned offsets: numba's negative-index fix-up is not paid in the step loop.
+            rows_flat, dts_flat, proj_flat = rows[k, b].ravel(), dts[k, b].ravel(), x_dbl[k, b].ravel()
+            out_flat, pixel_row = out[b].ravel(), pixels[k]
+            a = np.empty((dstate, lanes), np.float32)
+            for n in range(dstate):
+                for c in range(lanes):
+                    a[n, c] = a_t[k, n, c0 + c]
+            skip_c, bias_c = np.empty(lanes, np.float32), np.empty(lanes, np.float32)
+            for c in range(lanes):
+                skip_c[c] = skip[k, c0 + c]
+                bias_c[c] = bias[k, c0 + c]
+            h = np.zeros((dstate, lanes), np.float32)
+            step, x, y = np.empty(lanes, np.float32), np.empty(lanes, np.float32), np.empty(lanes, np.float32)
+            at, proj_at = np.uint64(c0), np.uint64(dt_rank)  # offsets of this step's inputs and of its B_t (C_t: + N)
+            for t in range(length):
+                for c in range(lanes):
+                    step[c] = _softplus(dts_flat[at + np.uint64(c)] + bias_c[c])
+                    u = _widen(rows_flat[at + np.uint64(c)])
+                    x[c] = step[c] * u
+                    y[c] = skip_c[c] * u
+                # Eight states per pass with a tree of sums into y: y lives in memory (numba's arrays may alias, so
+                # LLVM keeps it there), and one y += per state made the store-load round trip the critical path.
+                n, b_at, c_at = 0, proj_at, proj_at + np.uint64(dstate)
+                while n + UNROLL <= dstate:
+                    b0, b1, b2, b3 = (_widen(proj_flat[b_at]), _widen(proj_flat[b_at + _U1]),
+                                      _widen(proj_flat[b_at + _U2]), _widen(proj_flat[b_at + _U3]))
+                    b4, b5, b6, b7 = (_widen(proj_flat[b_at + _U4]), _widen(proj_flat[b_at + _U5]),
+                                      _widen(proj_flat[b_at + _U6]), _widen(proj_flat[b_at + _U7]))
+                    q0, q1, q2, q3 = (_widen(proj_flat[c_at]), _widen(proj_flat[c_at + _U1]),
+                                      _widen(proj_flat[c_at + _U2]), _widen(proj_flat[c_at + _U3]))
+                    q4, q5, q6, q7 = (_widen(proj_flat[c_at + _U4]), _widen(proj_flat[c_at + _U5]),
+                                      _widen(proj_flat[c_at + _U6]), _widen(proj_flat[c_at + _U7]))
+                    for c in range(lanes):
+                        s, v = step[c], x[c]
+                        y[c] += (((q0 * _advance(h, a, n, c, s, v, b0) + q1 * _advance(h, a, n + 1, c, s, v, b1))
+                                  + (q2 * _advance(h, a, n + 2, c, s, v, b2)
+                                     + q3 * _advance(h, a, n + 3, c, s, v, b3)))
+                                 + ((q4 * _advance(h, a, n + 4, c, s, v, b4) + q5 * _advance(h, a, n + 5, c, s, v, b5))
+                                    + (q6 * _advance(h, a, n + 6, c, s, v, b6)
+                                       + q7 * _advance(h, a, n + 7, c, s, v, b7))))
+                    n += UNROLL
+                    b_at += np.uint64(UNROLL)
+                    c_at += np.uint64(UNROLL)
+                while n < dstate:  # N not a multiple of UNROLL
+                    b_n, c_n = _widen(proj_flat[b_at]), _widen(proj_flat[c_at])
+                    for c in range(lanes):
+                        y[c] += c_n * _advance(h, a, n, c, step[c], x[c], b_n)
+                    n += 1
+                    b_at += np.uint64(1)
+                    c_at += np.uint64(1)
+                pixel = pixel_row[t]
+                if pixel >= 0:
+                    dst = np.uint64(pixel * dim + c0)
+                    for c in range(lanes):
+                        out_flat[dst + np.uint64(c)] = y[c]
+                at += np.uint64(dim)
+                proj_at += np.uint64(proj)
+
+    return scan_fwd
 
 
 @functools.lru_cache(maxsize=16)
@@ -188,8 +198,9 @@ def es2d_selective_scan_fwd(rows, dts, x_dbl, A_logs, Ds, dt_projs_bias, height:
     dstate = A_logs.shape[-1]
     out = torch.empty(batch, height, width, dim, dtype=torch.float32)
     use_torch_thread_count()
-    _es2d_scan_fwd(_fp32_or_bf16_bits(rows), _array(dts), _fp32_or_bf16_bits(x_dbl),
-                   _array(-torch.exp(A_logs.detach().float()).mul(_LOG2E).view(groups, dim, dstate).transpose(1, 2)),
-                   _array(Ds.view(groups, dim)), _array(dt_projs_bias.view(groups, dim)), output_pixels(height, width),
-                   out.numpy(), x_dbl.shape[-1] - 2 * dstate)
+    kernel = es2d_scan_kernel(2 * LANES if dim % (2 * LANES) == 0 else LANES)
+    kernel(_fp32_or_bf16_bits(rows), _array(dts), _fp32_or_bf16_bits(x_dbl),
+           _array(-torch.exp(A_logs.detach().float()).mul(_LOG2E).view(groups, dim, dstate).transpose(1, 2)),
+           _array(Ds.view(groups, dim)), _array(dt_projs_bias.view(groups, dim)), output_pixels(height, width),
+           out.numpy(), x_dbl.shape[-1] - 2 * dstate)
     return out

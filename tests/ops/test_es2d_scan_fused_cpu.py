@@ -33,7 +33,7 @@ def channels_last_input(batch, dim, height, width, seed=1):
     return torch.randn(batch, height, width, dim).permute(0, 3, 1, 2)  # (B, D, H, W) view of channels-last memory
 
 
-SHAPES = {
+SHAPES = {  # D = 16 and 48 run 16-channel work items, the others 32-channel ones
     "base-stage1-64x64-d192": (1, 192, 64, 64),
     "odd-9x7-batch2-d32": (2, 32, 9, 7),
     "odd-height-5x8-d48": (1, 48, 5, 8),

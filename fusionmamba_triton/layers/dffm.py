@@ -14,7 +14,7 @@ from torch import nn
 from .attention import ECA
 from .common import LayerNorm, Linear, frozen_cast, frozen_depthwise_conv_silu, frozen_linear
 from ..ops import check_backend_name
-from .essm import es2d_selective_scan, register_ssm_parameters, row_projection
+from .essm import es2d_selective_scan, register_ssm_parameters, ssm_projections
 from .ldc import LDC
 
 CMFM_GATES = ("official", "paper")
@@ -94,7 +94,7 @@ class CMFM(nn.Module):
         u = torch.addcmul(x1 + x2, x1, x2)
         y = es2d_selective_scan(u, frozen_cast(self, "x_proj", self.x_proj_weight),
                                 self.dt_projs_weight, self.dt_projs_bias,
-                                self.A_logs, self.Ds, self.backend, project_rows=row_projection(self))
+                                self.A_logs, self.Ds, self.backend, projections=ssm_projections(self))
         y = self.out_norm(y).to(z1.dtype)  # the gate in z's dtype under autocast, as in SS2D
         return self.dropout(self.out_proj(y * (z1 + z2)))
 

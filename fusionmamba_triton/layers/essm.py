@@ -47,19 +47,26 @@ def fused_cpu_scan_applies(x: torch.Tensor, backend: str, *params: torch.Tensor)
     return resolve_backend(backend, x.device, has_cpu_kernel=True, dtype=x.dtype) == "numba"
 
 
-def row_projection(module: nn.Module):
-    """x_proj of the fused CPU scan's pixel rows for a module with register_ssm_parameters' parameters:
-    (4, B, L', D) -> (4, B, L', R + 2N), one product per group, through oneDNN with packed weights inside
-    FusionMamba.frozen() (2.5x MKL's batched product at the base model's first stage)."""
-    def project(rows: torch.Tensor) -> torch.Tensor:
-        return torch.stack([frozen_linear(module, f"x_proj_{k}", rows[k], module.x_proj_weight[k])
-                            for k in range(NUM_GROUPS)])
+def ssm_projections(module: nn.Module):
+    """The fused CPU scan's projections of its pixel rows for a module with register_ssm_parameters' parameters:
+    rows (4, B, L', D) -> x_dbl (4, B, L', R + 2N) in the products' dtype and the step sizes (4, B, L', D) in fp32,
+    one product per group each, through oneDNN with the weights packed inside FusionMamba.frozen() (for x_dbl 2.5x
+    MKL's batched product at the base model's first stage, for the step sizes 2-4.7x at its last two)."""
+    def project(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x_dbl = torch.stack([frozen_linear(module, f"x_proj_{k}", rows[k], module.x_proj_weight[k])
+                             for k in range(NUM_GROUPS)])
+        rank = module.dt_projs_weight.shape[-1]
+        with autocast_disabled(rows.device.type):
+            steps = x_dbl[..., :rank].float().contiguous()
+            dts = torch.stack([frozen_linear(module, f"dt_proj_{k}", steps[k], module.dt_projs_weight[k].float())
+                               for k in range(NUM_GROUPS)])
+        return x_dbl, dts
     return project
 
 
 def es2d_selective_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
                         dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
-                        backend: str = "auto", project_rows=None, fused: bool | None = None) -> torch.Tensor:
+                        backend: str = "auto", projections=None, fused: bool | None = None) -> torch.Tensor:
     """ES2D gather -> per-group projections -> 4-group selective scan -> merge.
 
     x: (B, D, h, w) channels-first (any strides); returns (B, h, w, D) channels-last for `out_norm`, in x's
@@ -67,9 +74,10 @@ def es2d_selective_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_w
     The step sizes (R multiply-adds each) and the scan itself run in fp32.
 
     On a CPU without autograd (fused_cpu_scan_applies) the scan and the merge are one numba kernel that reads
-    the gathered pixel rows (4, B, L', D); `project_rows`, if given, computes the x projection of those rows,
-    (4, B, L', D) -> (4, B, L', R + 2N) (SS2D passes one with weights packed for oneDNN). `fused`: None takes
-    the fused kernel where it applies, False never (the separate ops), True insists (an error where it cannot).
+    the gathered pixel rows (4, B, L', D); `projections`, if given, computes their x projection and step sizes,
+    rows -> (x_dbl (4, B, L', R + 2N), dts (4, B, L', D) in fp32) (SS2D passes ssm_projections, with weights
+    packed for oneDNN). `fused`: None takes the fused kernel where it applies, False never (the separate ops),
+    True insists (an error where it cannot).
     """
     batch, d_inner, h, w = x.shape
     applies = fused is not False and fused_cpu_scan_applies(x, backend, x_proj_weight, dt_projs_weight,
@@ -82,9 +90,13 @@ def es2d_selective_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_w
         from ..kernels.es2d_scan_cpu import es2d_selective_scan_fwd  # needs numba: imported on first use
 
         rows = es2d_gather_rows(x)
-        x_dbl = project_rows(rows) if project_rows is not None else torch.matmul(rows, x_proj_weight.unsqueeze(1).mT)
-        with autocast_disabled(x.device.type):  # the step sizes in fp32, as below
-            dts = torch.matmul(x_dbl[..., :dt_projs_weight.shape[-1]].float(), dt_projs_weight.float().unsqueeze(1).mT)
+        if projections is not None:
+            x_dbl, dts = projections(rows)
+        else:
+            x_dbl = torch.matmul(rows, x_proj_weight.unsqueeze(1).mT)
+            with autocast_disabled(x.device.type):  # the step sizes in fp32, as below
+                dts = torch.matmul(x_dbl[..., :dt_projs_weight.shape[-1]].float(),
+                                   dt_projs_weight.float().unsqueeze(1).mT)
         y = es2d_selective_scan_fwd(rows, dts, x_dbl, A_logs, Ds, dt_projs_bias, h, w)
         return y if autocast_enabled(x.device.type) else y.to(x.dtype)
     dt_rank = dt_projs_weight.shape[-1]
@@ -139,7 +151,7 @@ class SS2D(nn.Module):
         xc = frozen_depthwise_conv_silu(self, "conv2d", self.conv2d, xc.permute(0, 3, 1, 2))
         y = es2d_selective_scan(xc, frozen_cast(self, "x_proj", self.x_proj_weight),
                                 self.dt_projs_weight, self.dt_projs_bias,
-                                self.A_logs, self.Ds, self.backend, project_rows=row_projection(self))
+                                self.A_logs, self.Ds, self.backend, projections=ssm_projections(self))
         # Under autocast z is 16-bit and out_proj casts its input down anyway: the gate multiplies in z's dtype
         # (a mixed fp32 x bf16 product took 5x the time of a bf16 one in the base model).
         y = self.out_norm(y).to(z.dtype) * z

@@ -130,3 +130,19 @@ def test_ss2d_fused_under_bf16_autocast_close_to_fp32():
             bf16 = op(x)
     assert bf16.dtype == torch.bfloat16
     assert_close(bf16.float(), fp32, torch.bfloat16, "SS2D bf16 autocast vs fp32")
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (mkldnn)")
+def test_ss2d_frozen_projections_are_packed_and_the_step_sizes_stay_fp32():
+    torch.manual_seed(5)
+    op = SS2D(48, backend="numba")  # D = 96: 32-channel work items; R = 3
+    x = torch.randn(2, 7, 9, 48)
+    with torch.inference_mode():
+        expected = op(x)
+        op.frozen_cache = {}
+        frozen = op(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            op(x)
+    step_keys = {key for key in op.frozen_cache if str(key[1]).startswith("dt_proj_")}
+    assert step_keys == {("onednn", f"dt_proj_{k}", torch.float32) for k in range(4)}  # fp32 under autocast too
+    assert_close(frozen, expected, torch.float32, "SS2D frozen vs not", rtol=RTOL)

@@ -23,6 +23,7 @@ softplus (what the model uses); training takes the unfused ops, which have backw
 from __future__ import annotations
 
 import functools
+import math
 
 import numba
 import numpy as np
@@ -30,7 +31,7 @@ from numba import types
 from numba.extending import overload
 
 from .numba_runtime import JIT_FLAGS, use_torch_thread_count
-from .selective_scan_cpu import _LOG2E, _array, _int32_bits_as_float32, _softplus
+from .selective_scan_cpu import _LOG2E, _P2, _P3, _P4, _P5, _P6, _array, _int32_bits_as_float32, _softplus
 
 LANES = 16  # channels per work item: one AVX-512 vector (two, 32 channels, where D is a multiple of 32)
 UNROLL = 8  # states advanced per pass of the step loop's inner loop
@@ -49,10 +50,9 @@ def _widen_overload(value):
     return lambda value: np.float32(value)
 
 
-# 2^f ~ 1 + f E1 + ... + f^6 E6 on [-1/2, 1/2]: selective_scan_cpu's fit of exp with f scaled by ln 2 (1.5e-8
-# before fp32 rounding).
-_E1, _E2, _E3, _E4, _E5, _E6 = (0.6931471824645996, 0.24022647738456726, 0.055503327399492264,
-                                0.00961843691766262, 0.0013398880837485194, 0.00015353366325143725)
+# 2^f ~ 1 + f E1 + ... + f^6 E6 on [-1/2, 1/2]: selective_scan_cpu's fit of exp(g) with g = f ln 2, so E_i = P_i ln2^i
+# (1.5e-8 before fp32 rounding).
+_E1, _E2, _E3, _E4, _E5, _E6 = (p * math.log(2.0) ** i for i, p in enumerate((1.0, _P2, _P3, _P4, _P5, _P6), 1))
 
 
 @numba.njit(inline="always", **JIT_FLAGS)

@@ -58,12 +58,7 @@ def _int32_bits_as_float32(typingctx, bits):
 @numba.njit(inline="always", **JIT_FLAGS)
 def _exp(x):
     """float32 exp within ~2 ulp for x in [-87, 88]; inputs outside are clamped (exp(-87) = 1.6e-38)."""
-    return _exp_in_range(min(max(x, np.float32(-87.0)), np.float32(88.0)))
-
-
-@numba.njit(inline="always", **JIT_FLAGS)
-def _exp_in_range(x):
-    """_exp without the clamp, for x already in [-87, 88]: 2^k * p(f), k = round(x / ln 2)."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
     # np.floor keeps k a float32: math.floor returns an int64, and its round trip through int64 costs a
     # quarter of the scan's inner loop (int64 <-> float conversions are not single AVX-512 instructions).
     k = np.floor(x * np.float32(_LOG2E) + np.float32(0.5))

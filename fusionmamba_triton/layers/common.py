@@ -91,26 +91,36 @@ def frozen_linear(module: nn.Module, name: str, x: torch.Tensor, weight: torch.T
                                               "none" if activation == "gelu" else "")
 
 
+def packed_conv3x3(module: nn.Module, key, x: torch.Tensor, build, groups: int, activation: str = "none"):
+    """conv2d(x, W, bias, padding=1, groups=groups) for channels-last CPU x through oneDNN, `activation` ("none" or
+    "swish") applied as it writes the output; channels-last out. W and bias come from build() -> (W, bias or None)
+    in x's dtype, packed for x's shape and kept in module.frozen_cache[key] (packing otherwise runs on every
+    call: half the time of the base model's 8x8 convolutions); a new input shape builds and packs them again."""
+    shape, packed, bias = module.frozen_cache.get(key, (None, None, None))
+    if shape != x.shape:
+        weight, bias = build()
+        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), [1, 1], [1, 1], [1, 1], groups,
+                                                             list(x.shape))
+        module.frozen_cache[key] = (x.shape, packed, bias)
+    out = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [1, 1], [1, 1], [1, 1], groups, activation, [], "")
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 def frozen_depthwise_conv_silu(module: nn.Module, name: str, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """F.silu(conv(x)) for a depthwise 3x3 `conv` (padding 1, a submodule of `module`), x (B, D, h, w).
 
     Inside FusionMamba.frozen() with autograd off, for channels-last x on a CPU the convolution runs through oneDNN
-    with its weight packed once for x's shape and the SiLU applied as it writes the output: at the base model's
-    first stage 8x PyTorch's fp32 depthwise convolution and SiLU (which take a slow path there), 1.3x in bf16."""
+    with its weight packed once for x's shape and the SiLU applied as it writes the output (packed_conv3x3): at the
+    base model's first stage 8x PyTorch's fp32 depthwise convolution and SiLU (which take a slow path there), 1.3x
+    in bf16."""
     dtype = onednn_dtype(module, x, conv.weight)
     if dtype is None or not x.is_contiguous(memory_format=torch.channels_last):
         return F.silu(conv(x))
-    key = ("onednn", name, dtype)
-    shape, packed, bias = module.frozen_cache.get(key, (None, None, None))
-    if shape != x.shape:
-        channels = conv.weight.shape[0]
-        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(conv.weight.detach().to(dtype).to_mkldnn(), [1, 1],
-                                                             [1, 1], [1, 1], channels, list(x.shape))
-        bias = None if conv.bias is None else conv.bias.detach().to(dtype)
-        module.frozen_cache[key] = (x.shape, packed, bias)
-    out = torch.ops.mkldnn._convolution_pointwise(x.to(dtype), packed, bias, [1, 1], [1, 1], [1, 1],
-                                                  conv.weight.shape[0], "swish", [], "")
-    return out.contiguous(memory_format=torch.channels_last)
+
+    def build():
+        return conv.weight.detach().to(dtype), None if conv.bias is None else conv.bias.detach().to(dtype)
+
+    return packed_conv3x3(module, ("onednn", name, dtype), x.to(dtype), build, conv.weight.shape[0], "swish")
 
 
 class Linear(nn.Linear):

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..ops import check_backend_name, ldc_conv2d, resolve_backend
 from ..ops.ldc import ldc_memory_format, modulated_weight
-from .common import onednn_dtype
+from .common import onednn_dtype, packed_conv3x3
 
 
 class LDC(nn.Module):
@@ -53,18 +53,12 @@ class LDC(nn.Module):
 
     def _onednn_conv(self, x: torch.Tensor) -> torch.Tensor:
         """conv2d(x, W', padding=1) for channels-last x through oneDNN, with W' kept packed for x's shape and
-        dtype only (packing otherwise runs on every call: half the time of the 8x8 convolutions of `base`).
-        At the model's shapes F.conv2d calls the same oneDNN kernel, so the numbers are the same; a new input
-        shape builds and packs W' again."""
-        key = ("onednn", x.dtype)
-        shape, packed = self.frozen_cache.get(key, (None, None))
-        if shape != x.shape:
-            weight = self._modulated_weight(x, x.dtype, torch.channels_last)
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), [1, 1], [1, 1], [1, 1], 1,
-                                                                 list(x.shape))
-            self.frozen_cache[key] = (x.shape, packed)
-        out = torch.ops.mkldnn._convolution_pointwise(x, packed, None, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
-        return out.contiguous(memory_format=torch.channels_last)
+        dtype only (packed_conv3x3). At the model's shapes F.conv2d calls the same oneDNN kernel, so the numbers
+        are the same; a new input shape builds and packs W' again."""
+        def build():
+            return self._modulated_weight(x, x.dtype, torch.channels_last), None
+
+        return packed_conv3x3(self, ("onednn", x.dtype), x, build, groups=1)
 
     def _modulated_weight(self, x: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_format):
         backend = resolve_backend(self.backend, x.device, has_cpu_kernel=True, dtype=x.dtype)

@@ -75,7 +75,8 @@ def _decay(x):
 
 @numba.njit(inline="always", **JIT_FLAGS)
 def _advance(h, a, n, c, step, x, b_n):
-    """h[n, c] <- exp(step * a[n, c]) * h[n, c] + x * b_n; returns the new state."""
+    """h[n, c] <- 2^(step * a[n, c]) * h[n, c] + x * b_n (a = A log2(e): the decay exp(step A)); returns the new
+    state."""
     state = _decay(step * a[n, c]) * h[n, c] + x * b_n
     h[n, c] = state
     return state
